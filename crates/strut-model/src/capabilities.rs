@@ -1,0 +1,129 @@
+//! Capabilities beyond free-form predict. Protocol routes (OpenAI, KServe V2,
+//! Cog) are adapters over these, so any model that offers one is served by
+//! those routes without touching routing code.
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelError, RequestContext};
+
+/// What to generate from: raw text, or chat messages that the model renders
+/// with its own chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling parameters, with OpenAI's meaning for each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Upper bound on generated tokens; `None` means up to the context length.
+    pub max_tokens: Option<u32>,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: Option<u32>,
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks need exact lengths).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: None,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            repetition_penalty: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// One step of a generation. `Token::text` always holds complete UTF-8: a
+/// character split across tokens arrives with the token that completes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GenerationEvent {
+    Token { id: u32, text: String },
+    Finished { reason: FinishReason, usage: Usage },
+}
+
+pub type GenerationStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, ModelError>> + Send>>;
+
+/// Text generation: a prompt and sampling parameters in, a stream of tokens
+/// ending with exactly one `Finished` event out.
+#[async_trait]
+pub trait TextGeneration: Send + Sync {
+    /// The name clients use for this model (OpenAI's `model` field).
+    fn model_id(&self) -> &str;
+    /// Maximum prompt plus generated tokens.
+    fn context_length(&self) -> usize;
+    /// Renders a chat in the model's own template and tokenizes it; lets
+    /// routes report prompt sizes and validate before generating.
+    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, ModelError>;
+    async fn generate(
+        &self,
+        request: GenerateRequest,
+        ctx: &RequestContext,
+    ) -> Result<GenerationStream, ModelError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedOutput {
+    /// One vector per input, in input order.
+    pub embeddings: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
+}
+
+/// Sentence embeddings: texts in, one vector per text out.
+#[async_trait]
+pub trait Embeddings: Send + Sync {
+    fn model_id(&self) -> &str;
+    fn dimensions(&self) -> usize;
+    async fn embed(
+        &self,
+        texts: Vec<String>,
+        ctx: &RequestContext,
+    ) -> Result<EmbedOutput, ModelError>;
+}

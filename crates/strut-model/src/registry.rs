@@ -1,0 +1,124 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::{AsyncModel, InitContext, Model, ModelError, ModelInstance};
+
+type Factory = Arc<dyn Fn(InitContext) -> Result<ModelInstance, ModelError> + Send + Sync>;
+
+/// The compiled-in model classes, keyed by `model_class_name`. A team embeds
+/// its own model by registering it here in its own binary.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model_class_name `{name}` is not compiled into this binary; available: {available}")]
+    Unknown { name: String, available: String },
+    #[error("constructing model `{name}` failed: {source}")]
+    Init {
+        name: String,
+        #[source]
+        source: ModelError,
+    },
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a blocking model class.
+    pub fn register<M, F>(&mut self, name: &str, create: F) -> &mut Self
+    where
+        M: Model,
+        F: Fn(InitContext) -> Result<M, ModelError> + Send + Sync + 'static,
+    {
+        self.insert(name, move |ctx| create(ctx).map(ModelInstance::blocking))
+    }
+
+    /// Registers an async model class.
+    pub fn register_async<M, F>(&mut self, name: &str, create: F) -> &mut Self
+    where
+        M: AsyncModel,
+        F: Fn(InitContext) -> Result<M, ModelError> + Send + Sync + 'static,
+    {
+        self.insert(name, move |ctx| {
+            create(ctx).map(ModelInstance::asynchronous)
+        })
+    }
+
+    /// Registers a factory that decides the kind itself.
+    pub fn insert<F>(&mut self, name: &str, create: F) -> &mut Self
+    where
+        F: Fn(InitContext) -> Result<ModelInstance, ModelError> + Send + Sync + 'static,
+    {
+        self.factories.insert(name.to_owned(), Arc::new(create));
+        self
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.factories.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// Constructs (does not load) the model registered as `name`.
+    pub fn create(&self, name: &str, ctx: InitContext) -> Result<ModelInstance, RegistryError> {
+        let factory = self
+            .factories
+            .get(name)
+            .ok_or_else(|| RegistryError::Unknown {
+                name: name.to_owned(),
+                available: self.names().collect::<Vec<_>>().join(", "),
+            })?;
+        factory(ctx).map_err(|source| RegistryError::Init {
+            name: name.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Output, RequestContext};
+    use serde_json::{Value, json};
+
+    struct Constant(Value);
+    impl Model for Constant {
+        fn predict(&self, _: Value, _: &RequestContext) -> Result<Output, ModelError> {
+            Ok(Output::Json(self.0.clone()))
+        }
+    }
+
+    #[test]
+    fn unknown_name_lists_what_is_available() {
+        let mut registry = Registry::new();
+        registry.register("Constant", |_| Ok(Constant(json!(1))));
+        let err = registry
+            .create("Model", InitContext::new(json!({}), "data"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model_class_name `Model` is not compiled into this binary; available: Constant"
+        );
+    }
+
+    #[test]
+    fn factory_receives_the_init_context() {
+        let mut registry = Registry::new();
+        registry.register("Constant", |ctx| Ok(Constant(ctx.config["answer"].clone())));
+        let instance = registry.create("Constant", InitContext::new(json!({"answer": 42}), "data"));
+        let ModelInstance::Blocking(model) = instance.unwrap() else {
+            panic!("expected blocking")
+        };
+        let out = model
+            .predict(json!(null), &RequestContext::detached("r1"))
+            .unwrap();
+        assert!(matches!(out, Output::Json(v) if v == json!(42)));
+    }
+}

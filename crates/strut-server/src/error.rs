@@ -1,0 +1,213 @@
+//! The server's one error type and the one table from error to HTTP status,
+//! stable code and Truss error headers.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use strut_model::{ErrorKind, ModelError};
+
+/// What Truss clients read in `X-BASETEN-ERROR-CODE`: 700 means the client's
+/// fault, 600 the model's, 500 the server's.
+const TRUSS_CLIENT: &str = "700";
+const TRUSS_MODEL: &str = "600";
+const TRUSS_SERVER: &str = "500";
+
+/// Returned to clients for failures whose detail must not leak.
+pub const INTERNAL_MODEL_MESSAGE: &str = "Internal Server Error (in model).";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Invalid JSON payload: {0}")]
+    InvalidJson(String),
+    #[error("Invalid msgpack payload: {0}")]
+    InvalidMsgpack(String),
+    #[error("the request body is empty; send a JSON document")]
+    EmptyBody,
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("Model with name {0} is not ready.")]
+    NotReady(String),
+    #[error("Model with name {0} is not healthy.")]
+    Unhealthy(String),
+    #[error("the model is at capacity and its queue is full; retry later")]
+    Overloaded,
+    #[error("the request did not complete within {0} seconds")]
+    Timeout(u64),
+    #[error("no chunk arrived for {0} seconds; the stream was stopped")]
+    StreamStalled(u64),
+    #[error("the client closed the request")]
+    Cancelled,
+    /// A status the model chose; its message is the model's own.
+    #[error("{message}")]
+    ModelStatus { status: u16, message: String },
+    /// The detail is logged, never sent.
+    #[error("model error: {0}")]
+    ModelFailed(String),
+    #[error("model panicked: {0}")]
+    ModelPanicked(String),
+    #[error("the stream produced bytes that are not UTF-8; request it as a stream")]
+    BinaryStream,
+    #[error("no environment named `{0}`")]
+    UnknownEnvironment(String),
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("server error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The table: status, stable code, Truss error-code header.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", TRUSS_CLIENT),
+            InvalidMsgpack(_) => (StatusCode::BAD_REQUEST, "invalid_msgpack", TRUSS_CLIENT),
+            EmptyBody => (StatusCode::BAD_REQUEST, "empty_body", TRUSS_CLIENT),
+            PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                TRUSS_CLIENT,
+            ),
+            InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input", TRUSS_CLIENT),
+            NotReady(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_not_ready",
+                TRUSS_MODEL,
+            ),
+            Unhealthy(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_unhealthy",
+                TRUSS_MODEL,
+            ),
+            Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded", TRUSS_MODEL),
+            Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout", TRUSS_MODEL),
+            StreamStalled(_) => (StatusCode::GATEWAY_TIMEOUT, "stream_stalled", TRUSS_MODEL),
+            // nginx's 499: nobody reads it, but logs and metrics should say what happened.
+            Cancelled => (client_closed(), "client_closed_request", TRUSS_CLIENT),
+            ModelStatus { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "model_error_status",
+                TRUSS_MODEL,
+            ),
+            ModelFailed(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_error",
+                TRUSS_MODEL,
+            ),
+            ModelPanicked(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_panic",
+                TRUSS_MODEL,
+            ),
+            BinaryStream => (StatusCode::NOT_ACCEPTABLE, "binary_stream", TRUSS_CLIENT),
+            UnknownEnvironment(_) => (StatusCode::NOT_FOUND, "environment_not_found", TRUSS_CLIENT),
+            NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found", TRUSS_CLIENT),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                TRUSS_SERVER,
+            ),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// What the client is told. Internal detail stays in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::ModelFailed(_) | ApiError::ModelPanicked(_) => {
+                INTERNAL_MODEL_MESSAGE.to_owned()
+            }
+            ApiError::Internal(_) => "Internal Server Error.".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `{"error", "code"}` body used by the Truss routes and SSE error events.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": self.public_message(), "code": self.code()})
+    }
+
+    /// Logs server-side failures with their detail; the current span carries
+    /// the request id.
+    pub fn log(&self) {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), status = status.as_u16(), "{self}");
+        } else {
+            tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
+        }
+    }
+}
+
+fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).expect("499 is a valid status code")
+}
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> Self {
+        match err.kind() {
+            ErrorKind::InvalidInput => ApiError::InvalidInput(err.message().to_owned()),
+            ErrorKind::NotReady => ApiError::NotReady("model".into()),
+            ErrorKind::Overloaded => ApiError::Overloaded,
+            ErrorKind::Timeout => ApiError::ModelStatus {
+                status: 504,
+                message: err.message().into(),
+            },
+            ErrorKind::Cancelled => ApiError::Cancelled,
+            ErrorKind::Status(status) if (400..600).contains(&status) => ApiError::ModelStatus {
+                status,
+                message: err.message().to_owned(),
+            },
+            // A status outside 4xx/5xx would make a success out of a failure.
+            ErrorKind::Status(_) | ErrorKind::Internal => ApiError::ModelFailed(err.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let (status, _, truss_code) = self.parts();
+        let mut response = (status, axum::Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        headers.insert("x-baseten-error-source", HeaderValue::from_static("04"));
+        headers.insert("x-baseten-error-code", HeaderValue::from_static(truss_code));
+        if matches!(self, ApiError::Overloaded) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_detail_is_never_public() {
+        let err = ApiError::from(ModelError::internal("db password is hunter2"));
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.public_message(), INTERNAL_MODEL_MESSAGE);
+        assert!(!err.body().to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn model_chosen_status_passes_through_but_not_success() {
+        let err = ApiError::from(ModelError::with_status(418, "teapot"));
+        assert_eq!(
+            (err.status().as_u16(), err.public_message()),
+            (418, "teapot".to_owned())
+        );
+        let err = ApiError::from(ModelError::with_status(200, "fine?"));
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,137 @@
+//! strut's HTTP server as a library: give it deployments of any model and it
+//! serves the Truss contract over axum. The binary is a thin CLI around
+//! [`Server`].
+
+mod admission;
+mod codec;
+mod deployment;
+mod error;
+mod request;
+mod routes;
+mod runner;
+mod secrets;
+mod settings;
+mod state;
+mod streaming;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use strut_model::{LogSink, Registry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use admission::{Admission, Permit};
+pub use deployment::{Deployment, DeploymentSpec, LoadState};
+pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
+pub use request::{REQUEST_ID_HEADER, TracingLogSink};
+pub use runner::LoadedModel;
+pub use secrets::{SecretsError, resolve_secrets};
+pub use settings::Limits;
+pub use state::{AppState, DEVELOPMENT, PRODUCTION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the model could not be loaded: {0}")]
+    LoadFailed(String),
+    #[error("the HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    pub fn new(limits: Limits) -> Self {
+        Self::with_log_sink(limits, Arc::new(TracingLogSink))
+    }
+
+    /// A server whose models' per-request log lines go to `sink`.
+    pub fn with_log_sink(limits: Limits, sink: Arc<dyn LogSink>) -> Self {
+        Self {
+            state: AppState::new(limits, sink),
+        }
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Starts loading a deployment and points `environments` at it.
+    pub fn deploy(
+        &self,
+        spec: DeploymentSpec,
+        registry: &Registry,
+        environments: &[&str],
+    ) -> Arc<Deployment> {
+        let deployment = Deployment::start(spec, registry, self.state.limits());
+        self.state.add_deployment(deployment.clone());
+        for env in environments {
+            self.state.point(env, deployment.clone());
+        }
+        deployment
+    }
+
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets
+    /// in-flight requests and streams finish within the grace period. Returns
+    /// an error, after the same drain, when a deployment's load fails for good:
+    /// a server that can never become ready should exit and be restarted.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let stop = CancellationToken::new();
+        let app = self.router();
+        let mut server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let load_failure = first_load_failure(self.state.deployments());
+        let result = tokio::select! {
+            finished = &mut server => {
+                return finished.map_err(|e| ServeError::Io(std::io::Error::other(e)))?.map_err(Into::into);
+            }
+            () = shutdown => {
+                tracing::info!("shutdown requested; draining in-flight requests");
+                Ok(())
+            }
+            err = load_failure => Err(ServeError::LoadFailed(err)),
+        };
+        stop.cancel();
+        let grace = self.state.limits().grace_period;
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!(
+                seconds = grace.as_secs(),
+                "grace period over; cancelling in-flight requests"
+            );
+            // Connections run on tasks of their own; stopping the accept loop
+            // alone would leave their work running.
+            self.state.abandon_in_flight();
+            server.abort();
+        }
+        result
+    }
+}
+
+async fn first_load_failure(deployments: Vec<Arc<Deployment>>) -> String {
+    if deployments.is_empty() {
+        return std::future::pending().await;
+    }
+    let failures = deployments.into_iter().map(|d| {
+        Box::pin(async move {
+            match d.loaded().await {
+                Err(err) => err,
+                // A healthy load never ends serving.
+                Ok(()) => std::future::pending().await,
+            }
+        })
+    });
+    futures::future::select_all(failures).await.0
+}

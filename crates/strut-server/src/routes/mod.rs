@@ -1,0 +1,36 @@
+//! Routing only: each protocol lives in its own module and talks to models
+//! through the deployment and its loaded model, never through model types.
+
+mod predict;
+mod truss;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::runner::panic_message;
+use crate::{ApiError, AppState, request};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(truss::routes())
+        .fallback(no_route)
+        .layer(CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal(format!("handler panicked: {}", panic_message(&*panic)))
+                    .into_response()
+            },
+        ))
+        .layer(middleware::from_fn(request::request_id))
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
+}

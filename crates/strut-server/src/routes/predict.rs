@@ -1,0 +1,95 @@
+//! The predict pipeline shared by every Truss-style route: decode, admit,
+//! preprocess, predict, postprocess, encode, with the request's deadline and
+//! cancellation around all of it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use strut_model::{Output, RequestContext};
+
+use crate::codec::{BodyFormat, StreamMode, read_body};
+use crate::deployment::Deployment;
+use crate::request::RequestId;
+use crate::streaming::{self, ByteStream};
+use crate::{ApiError, AppState};
+
+enum Reply {
+    Json(Value),
+    Stream(ByteStream),
+    Collected(String),
+}
+
+pub async fn predict(
+    state: AppState,
+    deployment: Arc<Deployment>,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let format = BodyFormat::of_request(&headers);
+    let mode = StreamMode::of_request(&headers);
+    let limits = state.limits();
+    let cancel = state.request_token();
+    // Dropping the handler (the client went away) or the response stream
+    // cancels the model's work.
+    let on_drop = cancel.clone().drop_guard();
+    let deadline = Instant::now() + limits.request_timeout;
+    let ctx = RequestContext::new(id.0, cancel, Some(state.log_sink().clone()), Some(deadline));
+
+    let work = run(&deployment, &ctx, format, mode, body, limits.max_body_bytes);
+    let outcome = match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::Timeout(limits.request_timeout.as_secs())),
+    };
+    match outcome {
+        Ok(Reply::Json(value)) => format.respond(&value),
+        Ok(Reply::Collected(text)) => axum::Json(text).into_response(),
+        Ok(Reply::Stream(stream)) => {
+            let stream = streaming::hold_while_streaming(stream, on_drop);
+            match mode {
+                StreamMode::Sse => streaming::sse_response(stream),
+                _ => streaming::octet_response(stream),
+            }
+        }
+        Err(err) => {
+            // Stop whatever the model still does for this request.
+            drop(on_drop);
+            err.into_response()
+        }
+    }
+}
+
+async fn run(
+    deployment: &Deployment,
+    ctx: &RequestContext,
+    format: BodyFormat,
+    mode: StreamMode,
+    body: Body,
+    max_body_bytes: usize,
+) -> Result<Reply, ApiError> {
+    let model = deployment.model()?;
+    let bytes = read_body(body, max_body_bytes).await?;
+    let input = format.decode(&bytes)?;
+    let input = model.preprocess(input, ctx).await?;
+    let permit = deployment.admission().acquire().await?;
+    match model.predict(input, ctx).await? {
+        Output::Json(value) => {
+            drop(permit);
+            Ok(Reply::Json(model.postprocess(value, ctx).await?))
+        }
+        Output::Stream(chunks) => {
+            let gap = deployment.spec().stream_read_timeout;
+            let stream =
+                streaming::hold_while_streaming(streaming::byte_stream(chunks, gap), permit);
+            if mode == StreamMode::Collect {
+                Ok(Reply::Collected(streaming::collect(stream).await?))
+            } else {
+                Ok(Reply::Stream(stream))
+            }
+        }
+    }
+}

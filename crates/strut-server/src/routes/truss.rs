@@ -1,0 +1,113 @@
+//! The Truss server's HTTP contract: liveness, readiness and predict under
+//! the paths Truss and Baseten use.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+use serde_json::json;
+
+use super::predict::predict;
+use crate::request::RequestId;
+use crate::state::{DEVELOPMENT, PRODUCTION};
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", any(liveness))
+        .route("/v1/models/{*rest}", get(model_get).post(model_post))
+        .route("/predict", predict_on(PRODUCTION))
+        .route("/production/predict", predict_on(PRODUCTION))
+        .route("/development/predict", predict_on(DEVELOPMENT))
+        .route("/environments/{env}/predict", post(predict_environment))
+}
+
+/// 200 from the moment the process listens, loading or not.
+async fn liveness() -> axum::Json<bool> {
+    axum::Json(true)
+}
+
+/// `GET /v1/models/{name}` (readiness) and `GET /v1/models/{name}/loaded`.
+/// The name is ignored, as Truss ignores it.
+async fn model_get(State(state): State<AppState>, Path(rest): Path<String>) -> Response {
+    let deployment = match state.environment(PRODUCTION) {
+        Ok(d) => d,
+        Err(err) => return err.into_response(),
+    };
+    let (name, check_health) = match rest.strip_suffix("/loaded") {
+        Some(name) => (name, false),
+        None => (rest.as_str(), true),
+    };
+    if name.contains('/') || name.contains(':') {
+        return ApiError::NoRoute {
+            method: "GET".into(),
+            path: format!("/v1/models/{rest}"),
+        }
+        .into_response();
+    }
+    let model = match deployment.model() {
+        Ok(model) => model,
+        Err(err) => return err.into_response(),
+    };
+    if check_health && !model.is_healthy(state.limits().health_check_timeout).await {
+        tracing::warn!("health check failed");
+        return ApiError::Unhealthy(deployment.model_name().to_owned()).into_response();
+    }
+    axum::Json(json!({"name": name, "ready": true})).into_response()
+}
+
+/// `POST /v1/models/{name}:predict` (and `:predict_binary`, the same handler in Truss).
+async fn model_post(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let is_predict = rest.rsplit_once(':').is_some_and(|(name, verb)| {
+        !name.contains('/') && matches!(verb, "predict" | "predict_binary")
+    });
+    if !is_predict {
+        return ApiError::NoRoute {
+            method: "POST".into(),
+            path: format!("/v1/models/{rest}"),
+        }
+        .into_response();
+    }
+    predict_in(state, PRODUCTION, id, headers, body).await
+}
+
+/// The predict route of a fixed environment.
+fn predict_on(environment: &'static str) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              Extension(id): Extension<RequestId>,
+              headers: HeaderMap,
+              body: Body| predict_in(state, environment, id, headers, body),
+    )
+}
+
+async fn predict_environment(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    predict_in(state, &env, id, headers, body).await
+}
+
+async fn predict_in(
+    state: AppState,
+    environment: &str,
+    id: RequestId,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match state.environment(environment) {
+        Ok(deployment) => predict(state, deployment, id, headers, body).await,
+        Err(err) => err.into_response(),
+    }
+}

@@ -1,0 +1,80 @@
+//! The `strut` command line as a library, so that a team embedding its own
+//! model builds a binary with the same commands: register the model in a
+//! [`Registry`] and hand it to [`main_with`].
+
+mod cmd_config;
+mod cmd_init;
+mod logging;
+mod models;
+mod predict;
+mod serve;
+
+use std::process::ExitCode;
+
+pub use models::builtin_registry;
+pub use strut_model::Registry;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "strut",
+    version,
+    about = "Serve Truss-packaged models from Rust"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "STRUT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a model directory (or its config.yaml) over HTTP.
+    Serve(serve::ServeArgs),
+    /// Send one request to a running server and print the reply.
+    Predict(predict::PredictArgs),
+    /// Work with config.yaml files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Scaffold a new model directory.
+    Init(cmd_init::InitArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a config.yaml the way truss does, and more.
+    Validate(cmd_config::ValidateArgs),
+}
+
+/// Parses the command line and runs it, serving the models in `registry`.
+pub fn main_with(registry: Registry) -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            logging::init(cli.log_format);
+            serve::run(args, registry)
+        }
+        Command::Predict(args) => predict::run(args),
+        Command::Config {
+            command: ConfigCommand::Validate(args),
+        } => cmd_config::validate(&args),
+        Command::Init(args) => match cmd_init::init(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    strut::main_with(strut::builtin_registry())
+}

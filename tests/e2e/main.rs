@@ -1,0 +1,10 @@
+//! strut's end-to-end suite: one test binary (cheaper to link) whose modules
+//! drive the server library in-process, on real sockets, and the `strut`
+//! binary as a process.
+
+mod cli;
+mod common;
+mod config_cli;
+mod lifecycle;
+mod streaming;
+mod truss_http;
