@@ -189,3 +189,22 @@ fn predict_without_a_server_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("calling http://127.0.0.1:9/predict"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_the_validators_warnings_and_still_serves() {
+    let dir = model_dir(
+        "model_class_name: Echo\npython_version: py311\nrequirements: [torch]\nmodel_metadata:\n  example_model_input: {}\n",
+    );
+    let server = StrutProcess::serve(&[dir.path().to_str().unwrap()], &[]);
+    wait_ready(&server.url).await;
+    server.sigterm();
+    let (status, logs) = server.wait(Duration::from_secs(15));
+    assert!(status.success(), "{logs}");
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("unpinned_requirement"));
+    assert!(
+        warning.is_some_and(|l| l.contains("`torch` is not pinned")),
+        "{logs}"
+    );
+}

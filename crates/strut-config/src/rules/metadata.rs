@@ -114,7 +114,7 @@ fn tags(loaded: &LoadedConfig, out: &mut Vec<Diagnostic>) {
                     "environment_tag",
                     format!("model_metadata.tags[{i}]"),
                     format!("tag `{t}` reads like a deployment environment, but tags are searchable metadata only: they do not route traffic or keep dev apart from prod"),
-                    "remove the tag and promote deployments between environments (e.g. `strut promote --environment production`)",
+                    "remove the tag and promote deployments between environments (e.g. `strut promote ID --env production`)",
                 )
                 .at_line(line),
             );
