@@ -1,34 +1,107 @@
 # syntax=docker/dockerfile:1
-# strut as a container: `docker build -t strut .` then
-# `docker run -p 8080:8080 -v $PWD/models/echo:/model strut`.
-# The model directory is /model (baked in below, or mounted over), secrets
-# are files under /secrets, the server listens on 8080.
+#
+# strut's image: `strut serve /model` on port 8080 as a non-root user.
+#
+#   docker build -t strut .                                    # CPU (the default)
+#   docker build -t strut:cuda --build-arg VARIANT=cuda \
+#                --build-arg CUDA_COMPUTE_CAP=90 .             # CUDA, for H100s
+#   docker build -t strut:stream --build-arg MODEL_DIR=models/stream .
+#
+#   docker run -p 8080:8080 strut                              # the baked-in model
+#   docker run -p 8080:8080 -v "$PWD/models/stream:/model:ro" strut
+#   docker run --gpus all -p 8080:8080 -v "$PWD/secrets:/secrets:ro" strut:cuda
+#
+# The final stage is the contract with `strut serve` and with deploy/: the
+# environment names, port, paths and probes below are checked against the real
+# binary by tests/e2e/container.rs and against the manifests by
+# tests/e2e/manifests.rs, so change them together.
 
+ARG VARIANT=cpu
 ARG RUST_VERSION=1.95
+ARG CUDA_VERSION=12.4.1
 
-FROM rust:${RUST_VERSION}-bookworm AS build
+# ---- toolchain --------------------------------------------------------------
+FROM rust:${RUST_VERSION}-bookworm AS rust
+
+# ---- build stages, one per variant ------------------------------------------
+FROM rust AS build-cpu
+ENV STRUT_FEATURES=""
+
+# NVIDIA's devel image has nvcc and the CUDA headers that candle's kernels
+# compile against, but no Rust: the toolchain is copied from the official Rust
+# image (rustup's binaries target an old glibc, so they run on Ubuntu 22.04).
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu22.04 AS build-cuda
+# candle's kernels are compiled for one compute capability, and there is no GPU
+# to ask during `docker build`: 80 = A100, 86 = A10G, 89 = L4/L40S, 90 = H100/H200.
+ARG CUDA_COMPUTE_CAP=80
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
+    RUSTUP_HOME=/usr/local/rustup \
+    CARGO_HOME=/usr/local/cargo \
+    PATH=/usr/local/cargo/bin:${PATH} \
+    STRUT_FEATURES=cuda
+# Pinning Ubuntu package versions breaks the build whenever the archive moves on;
+# the base image tag is the pin that matters.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=rust /usr/local/rustup /usr/local/rustup
+COPY --from=rust /usr/local/cargo /usr/local/cargo
+
+# hadolint's "untagged image" check cannot see that these name stages above.
+# hadolint ignore=DL3006
+FROM build-${VARIANT} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p strut \
- && cp target/release/strut /usr/local/bin/strut
+# The registry cache survives rebuilds; target/ is not cached because the two
+# variants build on different distributions and must not share build scripts.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo build --release --locked -p strut ${STRUT_FEATURES:+--features "$STRUT_FEATURES"} \
+ && install -m 0755 target/release/strut /usr/local/bin/strut
 
-FROM debian:bookworm-slim
+# ---- runtime stages, one per variant ----------------------------------------
+FROM debian:bookworm-slim AS runtime-cpu
+
+# libcudart, cuBLAS and cuDNN come with the runtime image; the driver comes from
+# the host through the NVIDIA container toolkit.
+FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu22.04 AS runtime-cuda
+
+# hadolint ignore=DL3006
+FROM runtime-${VARIANT}
+# Which model directory to bake in at /model; mounting a volume there replaces
+# it. models/echo is the default model, the same Echo as ./config.yaml.
+ARG MODEL_DIR=models/echo
+# curl is for the HEALTHCHECK; ca-certificates for models that fetch over TLS.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 10001 --user-group --no-create-home strut \
- && mkdir -p /model /secrets \
- && chown strut:strut /model /secrets
+ && groupadd --system --gid 10001 strut \
+ && useradd --system --uid 10001 --gid strut --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin strut \
+ && mkdir -p /model /secrets
 COPY --from=build /usr/local/bin/strut /usr/local/bin/strut
-COPY --chown=strut:strut config.yaml /model/config.yaml
-USER strut
+# Owned by root and only readable by the server, so a compromised model cannot
+# rewrite its own config or weights. No VOLUME for /model or /secrets: a VOLUME
+# would make an image built FROM this one silently drop its own COPY into /model,
+# and Kubernetes ignores VOLUME anyway; both are plain mount points.
+COPY ${MODEL_DIR}/ /model/
+# Numeric, so that Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+USER 10001:10001
+# STRUT_SECRETS_DIR is where secrets are mounted, not a secret itself.
+# hadolint ignore=DL3064
 ENV STRUT_HOST=0.0.0.0 \
     STRUT_PORT=8080 \
     STRUT_SECRETS_DIR=/secrets \
     STRUT_LOG_FORMAT=json
 EXPOSE 8080
-VOLUME ["/secrets"]
-HEALTHCHECK --interval=10s --timeout=2s --start-period=5s \
-  CMD curl -fsS http://127.0.0.1:8080/ >/dev/null || exit 1
-ENTRYPOINT ["strut", "serve"]
+# Liveness, not readiness: `/` answers from the moment the socket is open, so a
+# long weight load does not mark the container unhealthy. The shell expands
+# STRUT_PORT, so `-e STRUT_PORT=...` moves the check along with the server;
+# `exit 1` because Docker reserves other codes.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["sh", "-c", "curl -fsS http://127.0.0.1:${STRUT_PORT}/ >/dev/null || exit 1"]
+# strut is PID 1 in exec form: it handles SIGTERM itself (drains for
+# --grace-period, then exits 0), so no init shim is needed.
+ENTRYPOINT ["/usr/local/bin/strut", "serve"]
 CMD ["/model"]

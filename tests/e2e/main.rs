@@ -5,6 +5,8 @@
 mod cli;
 mod common;
 mod config_cli;
+mod container;
 mod lifecycle;
+mod manifests;
 mod streaming;
 mod truss_http;
