@@ -2,10 +2,13 @@
 //! drive the server library in-process, on real sockets, and the `strut`
 //! binary as a process.
 
+mod admin_api;
 mod cli;
 mod common;
 mod config_cli;
 mod container;
+mod deploy_cli;
+mod deployments;
 mod lifecycle;
 mod manifests;
 mod streaming;

@@ -1,8 +1,9 @@
-//! A deployment: one model instance, loaded once on its own thread, with its
-//! own readiness and its own admission.
+//! A deployment: one model instance with its own readiness and admission.
+//! It can be unloaded (drained, then its model dropped) and loaded again, so
+//! an environment can be pointed back at it; its record outlives its model.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use strut_model::{InitContext, Registry};
@@ -12,7 +13,7 @@ use crate::admission::Admission;
 use crate::runner::{LoadedModel, panic_message};
 use crate::{ApiError, Limits};
 
-/// What a deployment is made from; the binary builds it from config.yaml.
+/// What a deployment is made from; built from config.yaml by [`crate::spec_from_dir`].
 #[derive(Debug, Clone)]
 pub struct DeploymentSpec {
     pub id: String,
@@ -33,36 +34,74 @@ pub enum LoadState {
     Ready,
     /// The load error, for the log and the admin API; never sent to inference clients.
     Failed(String),
+    /// No environment points here any more; waiting for in-flight requests
+    /// before the model is dropped. Still serves what reaches it.
+    Draining,
+    /// The model was dropped; the record stays and can be loaded again.
+    Unloaded,
+}
+
+impl LoadState {
+    /// The stable name the admin API reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LoadState::Loading => "loading",
+            LoadState::Ready => "ready",
+            LoadState::Failed(_) => "failed",
+            LoadState::Draining => "draining",
+            LoadState::Unloaded => "unloaded",
+        }
+    }
 }
 
 pub struct Deployment {
     spec: DeploymentSpec,
+    registry: Registry,
+    retries: u32,
+    retry_delay: Duration,
     admission: Admission,
-    model: OnceLock<Arc<LoadedModel>>,
+    /// Changed only inside `state`'s lock (`send_if_modified`), so the model
+    /// and the state never disagree.
+    model: RwLock<Option<Arc<LoadedModel>>>,
     state: watch::Sender<LoadState>,
+    /// Requests routed here and not yet answered, open response streams included.
+    in_flight: watch::Sender<usize>,
 }
 
 impl Deployment {
     /// Creates the deployment and starts loading it on a thread of its own;
     /// it reports not ready until `load` has succeeded.
     pub fn start(spec: DeploymentSpec, registry: &Registry, limits: &Limits) -> Arc<Self> {
-        let admission = Admission::new(spec.predict_concurrency, limits.max_queue);
-        let deployment = Arc::new(Self {
+        let deployment = Self::unloaded(spec, registry, limits);
+        deployment.ensure_loading();
+        deployment
+    }
+
+    /// A deployment known by its record only (restored at startup, nothing
+    /// pointing at it); [`Deployment::ensure_loading`] loads it.
+    pub fn unloaded(spec: DeploymentSpec, registry: &Registry, limits: &Limits) -> Arc<Self> {
+        Arc::new(Self {
+            admission: Admission::new(spec.predict_concurrency, limits.max_queue),
             spec,
-            admission,
-            model: OnceLock::new(),
-            state: watch::Sender::new(LoadState::Loading),
-        });
-        let loader = Loader {
-            deployment: deployment.clone(),
             registry: registry.clone(),
             retries: limits.load_retries,
             retry_delay: limits.load_retry_delay,
-        };
-        std::thread::Builder::new()
-            .name(format!("load-{}", deployment.spec.id))
-            .spawn(move || loader.run())
-            .expect("spawning the model loading thread");
+            model: RwLock::new(None),
+            state: watch::Sender::new(LoadState::Unloaded),
+            in_flight: watch::Sender::new(0),
+        })
+    }
+
+    /// A deployment whose spec could not even be built (its snapshot's config
+    /// no longer validates, a secret went missing): it stays `Failed`.
+    pub fn failed(
+        spec: DeploymentSpec,
+        registry: &Registry,
+        limits: &Limits,
+        error: String,
+    ) -> Arc<Self> {
+        let deployment = Self::unloaded(spec, registry, limits);
+        deployment.state.send_replace(LoadState::Failed(error));
         deployment
     }
 
@@ -86,59 +125,162 @@ impl Deployment {
         self.state.borrow().clone()
     }
 
-    /// The loaded model, or 503 while it loads (or after its load failed).
-    pub fn model(&self) -> Result<&Arc<LoadedModel>, ApiError> {
+    /// The loaded model, or 503 while it loads, after its load failed, or once unloaded.
+    pub fn model(&self) -> Result<Arc<LoadedModel>, ApiError> {
         self.model
-            .get()
+            .read()
+            .expect("model lock")
+            .clone()
             .ok_or_else(|| ApiError::NotReady(self.spec.model_name.clone()))
     }
 
-    /// Resolves once loading has finished: `Ok` when ready, the error when it failed.
+    /// Makes the deployment serve again: a draining one keeps its model, an
+    /// unloaded one starts loading. Loading, ready and failed ones are left as they are.
+    pub fn ensure_loading(self: &Arc<Self>) {
+        let mut spawn = false;
+        self.state.send_if_modified(|state| match state {
+            LoadState::Draining => {
+                *state = LoadState::Ready;
+                true
+            }
+            LoadState::Unloaded => {
+                *state = LoadState::Loading;
+                spawn = true;
+                true
+            }
+            _ => false,
+        });
+        if spawn {
+            let loader = Loader(self.clone());
+            std::thread::Builder::new()
+                .name(format!("load-{}", self.spec.id))
+                .spawn(move || loader.run())
+                .expect("spawning the model loading thread");
+        }
+    }
+
+    /// Resolves once loading has finished: `Ok` when ready, the error when it
+    /// failed. An unloaded or draining deployment counts as loaded.
     pub async fn loaded(&self) -> Result<(), String> {
         let mut rx = self.state.subscribe();
         let state = rx.wait_for(|s| *s != LoadState::Loading).await;
         match state.as_deref() {
             Ok(LoadState::Failed(err)) => Err(err.clone()),
             Ok(_) => Ok(()),
-            Err(_) => Err("the loader went away".into()),
+            Err(_) => Err("the deployment went away".into()),
         }
+    }
+
+    /// Counts a request from routing to the end of its response body.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.send_modify(|n| *n += 1);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        *self.in_flight.borrow()
+    }
+
+    /// Starts draining a ready deployment; false when it was not ready.
+    pub(crate) fn begin_drain(&self) -> bool {
+        self.state.send_if_modified(|state| {
+            let drain = *state == LoadState::Ready;
+            if drain {
+                *state = LoadState::Draining;
+            }
+            drain
+        })
+    }
+
+    /// Waits, at most `grace`, for the requests in flight here to finish.
+    pub(crate) async fn wait_idle(&self, grace: Duration) {
+        let mut rx = self.in_flight.subscribe();
+        if tokio::time::timeout(grace, rx.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(deployment = %self.spec.id, in_flight = self.in_flight(), "drain grace period over; unloading");
+        }
+    }
+
+    /// Draining -> Unloaded: hands back the model for the caller to drop
+    /// (outside any lock). Requests still running keep their own handle, so
+    /// they finish; the memory goes when they do.
+    pub(crate) fn finish_unload(&self) -> Option<Arc<LoadedModel>> {
+        let mut dropped = None;
+        self.state.send_if_modified(|state| {
+            if *state != LoadState::Draining {
+                return false;
+            }
+            dropped = self.model.write().expect("model lock").take();
+            *state = LoadState::Unloaded;
+            true
+        });
+        if dropped.is_some() {
+            tracing::info!(deployment = %self.spec.id, "drained and unloaded");
+        }
+        dropped
+    }
+
+    /// Draining -> Ready; true when the deployment can serve now.
+    pub(crate) fn revive(&self) -> bool {
+        self.state.send_if_modified(|state| {
+            let revive = *state == LoadState::Draining;
+            if revive {
+                *state = LoadState::Ready;
+            }
+            revive
+        });
+        *self.state.borrow() == LoadState::Ready
     }
 }
 
-struct Loader {
-    deployment: Arc<Deployment>,
-    registry: Registry,
-    retries: u32,
-    retry_delay: Duration,
+/// Holds a deployment's in-flight count up; moved into a streaming body so an
+/// open stream counts until it ends.
+pub struct InFlight(Arc<Deployment>);
+
+impl InFlight {
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.0
+    }
 }
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|n| *n -= 1);
+    }
+}
+
+struct Loader(Arc<Deployment>);
 
 impl Loader {
     fn run(self) {
-        let d = &self.deployment;
+        let d = &self.0;
         let span =
             tracing::info_span!("load", deployment = %d.spec.id, model_class = %d.spec.model_class);
         let _entered = span.enter();
         let outcome = self.construct_and_load();
-        match outcome {
+        d.state.send_modify(|state| match outcome {
             Ok(model) => {
-                let _ = d.model.set(Arc::new(model));
-                d.state.send_replace(LoadState::Ready);
+                *d.model.write().expect("model lock") = Some(Arc::new(model));
+                *state = LoadState::Ready;
             }
             Err(err) => {
                 tracing::error!("model failed to load: {err}");
-                d.state.send_replace(LoadState::Failed(err));
+                *state = LoadState::Failed(err);
             }
-        }
+        });
     }
 
     fn construct_and_load(&self) -> Result<LoadedModel, String> {
-        let spec = &self.deployment.spec;
+        let d = &self.0;
+        let spec = &d.spec;
         let mut instance = catch(|| {
-            self.registry
+            d.registry
                 .create(&spec.model_class, spec.init.clone())
                 .map_err(|e| e.to_string())
         })?;
-        let attempts = self.retries + 1;
+        let attempts = d.retries + 1;
         for attempt in 1..=attempts {
             tracing::info!(attempt, attempts, "loading model");
             let started = Instant::now();
@@ -151,9 +293,9 @@ impl Loader {
                     tracing::warn!(
                         attempt,
                         "load failed, retrying in {:?}: {err}",
-                        self.retry_delay
+                        d.retry_delay
                     );
-                    std::thread::sleep(self.retry_delay);
+                    std::thread::sleep(d.retry_delay);
                 }
                 Err(err) => return Err(format!("load failed after {attempts} attempts: {err}")),
             }

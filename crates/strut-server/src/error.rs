@@ -51,6 +51,38 @@ pub enum ApiError {
     BinaryStream,
     #[error("no environment named `{0}`")]
     UnknownEnvironment(String),
+    #[error("environment `{0}` has no deployment yet")]
+    EmptyEnvironment(String),
+    #[error("no deployment with id `{0}`")]
+    UnknownDeployment(String),
+    #[error("an environment named `{0}` already exists")]
+    EnvironmentExists(String),
+    #[error("`{0}` is not a valid environment name (use 1-64 of a-z, 0-9, `-`, `_`)")]
+    InvalidEnvironmentName(String),
+    #[error("a valid API key is required: send `Authorization: Api-Key <key>`")]
+    Unauthorized,
+    #[error("the admin API is disabled: no API key is configured (see --admin-api-key-file)")]
+    AdminDisabled,
+    #[error("{}", stale_push_message(current.as_deref()))]
+    StalePush { current: Option<String> },
+    #[error("a promotion or rollback of `{0}` is already in progress; retry when it is done")]
+    PromotionInProgress(String),
+    #[error("deployment `{0}` did not become ready in time")]
+    DeploymentNotReady(String),
+    #[error("deployment `{id}` failed to load: {error}")]
+    DeploymentFailed { id: String, error: String },
+    #[error("environment `{0}` has no previous deployment to roll back to")]
+    NoPreviousDeployment(String),
+    #[error("the model bundle is not usable: {0}")]
+    InvalidBundle(String),
+    /// config.yaml did not load or validate; the diagnostics go in the body.
+    #[error("{message}")]
+    InvalidConfig {
+        message: String,
+        diagnostics: Vec<strut_config::Diagnostic>,
+    },
+    #[error("the data directory could not be updated: {0}")]
+    Storage(String),
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("server error: {0}")]
@@ -104,6 +136,34 @@ impl ApiError {
             BinaryStream => (StatusCode::NOT_ACCEPTABLE, "binary_stream", TRUSS_CLIENT),
             UnknownEnvironment(_) => (StatusCode::NOT_FOUND, "environment_not_found", TRUSS_CLIENT),
             NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found", TRUSS_CLIENT),
+            EmptyEnvironment(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "environment_empty",
+                TRUSS_SERVER,
+            ),
+            UnknownDeployment(_) => (StatusCode::NOT_FOUND, "deployment_not_found", TRUSS_CLIENT),
+            EnvironmentExists(_) => (StatusCode::CONFLICT, "environment_exists", TRUSS_CLIENT),
+            InvalidEnvironmentName(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_environment_name",
+                TRUSS_CLIENT,
+            ),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", TRUSS_CLIENT),
+            AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled", TRUSS_CLIENT),
+            StalePush { .. } => (StatusCode::CONFLICT, "stale_push", TRUSS_CLIENT),
+            PromotionInProgress(_) => (StatusCode::CONFLICT, "promotion_in_progress", TRUSS_CLIENT),
+            DeploymentNotReady(_) => (StatusCode::CONFLICT, "deployment_not_ready", TRUSS_CLIENT),
+            DeploymentFailed { .. } => (StatusCode::CONFLICT, "deployment_failed", TRUSS_CLIENT),
+            NoPreviousDeployment(_) => {
+                (StatusCode::CONFLICT, "no_previous_deployment", TRUSS_CLIENT)
+            }
+            InvalidBundle(_) => (StatusCode::BAD_REQUEST, "invalid_bundle", TRUSS_CLIENT),
+            InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "invalid_config", TRUSS_CLIENT),
+            Storage(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                TRUSS_SERVER,
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -126,14 +186,23 @@ impl ApiError {
             ApiError::ModelFailed(_) | ApiError::ModelPanicked(_) => {
                 INTERNAL_MODEL_MESSAGE.to_owned()
             }
-            ApiError::Internal(_) => "Internal Server Error.".to_owned(),
+            ApiError::Internal(_) | ApiError::Storage(_) => "Internal Server Error.".to_owned(),
             other => other.to_string(),
         }
     }
 
-    /// The `{"error", "code"}` body used by the Truss routes and SSE error events.
+    /// The `{"error", "code"}` body used by every route and SSE error events,
+    /// plus what a client needs to act on a conflict or a bad config.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": self.public_message(), "code": self.code()})
+        let mut body = json!({"error": self.public_message(), "code": self.code()});
+        match self {
+            ApiError::StalePush { current } => body["current_deployment"] = json!(current),
+            ApiError::InvalidConfig { diagnostics, .. } => {
+                body["diagnostics"] = json!(diagnostics);
+            }
+            _ => {}
+        }
+        body
     }
 
     /// Logs server-side failures with their detail; the current span carries
@@ -145,6 +214,16 @@ impl ApiError {
         } else {
             tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
         }
+    }
+}
+
+fn stale_push_message(current: Option<&str>) -> String {
+    match current {
+        Some(id) => format!(
+            "the environment now points at deployment `{id}`; push again with `If-Match: \"{id}\"` \
+             if you mean to replace it"
+        ),
+        None => "the environment is empty now; push again without If-Match".to_owned(),
     }
 }
 
@@ -181,8 +260,17 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         headers.insert("x-baseten-error-source", HeaderValue::from_static("04"));
         headers.insert("x-baseten-error-code", HeaderValue::from_static(truss_code));
-        if matches!(self, ApiError::Overloaded) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ApiError::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Api-Key"),
+                );
+            }
+            _ => {}
         }
         response
     }

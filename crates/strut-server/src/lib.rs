@@ -3,7 +3,9 @@
 //! [`Server`].
 
 mod admission;
+pub mod bundle;
 mod codec;
+mod control;
 mod deployment;
 mod error;
 mod request;
@@ -11,10 +13,12 @@ mod routes;
 mod runner;
 mod secrets;
 mod settings;
+mod spec;
 mod state;
 mod streaming;
 
 use std::future::{Future, IntoFuture};
+use std::path::Path;
 use std::sync::Arc;
 
 use strut_model::{LogSink, Registry};
@@ -22,13 +26,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::{Admission, Permit};
-pub use deployment::{Deployment, DeploymentSpec, LoadState};
+pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP};
+pub use deployment::{Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
 pub use request::{REQUEST_ID_HEADER, TracingLogSink};
+pub use routes::DEPLOYMENT_HEADER;
 pub use runner::LoadedModel;
 pub use secrets::{SecretsError, resolve_secrets};
 pub use settings::Limits;
-pub use state::{AppState, DEVELOPMENT, PRODUCTION};
+pub use spec::{
+    SpecError, SpecOptions, load_validated, log_diagnostics, new_deployment_id, spec_for,
+};
+pub use state::{AppState, DEVELOPMENT, EnvironmentView, PRODUCTION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -50,8 +59,39 @@ impl Server {
     /// A server whose models' per-request log lines go to `sink`.
     pub fn with_log_sink(limits: Limits, sink: Arc<dyn LogSink>) -> Self {
         Self {
-            state: AppState::new(limits, sink),
+            state: AppState::new(limits, sink, None),
         }
+    }
+
+    /// A server with deployments kept in a data directory and an admin API:
+    /// restores the deployments and environments saved there (unloaded until
+    /// [`Server::deploy_dir`] decides what the environments point at).
+    pub fn open(
+        limits: Limits,
+        sink: Arc<dyn LogSink>,
+        settings: ControlSettings,
+    ) -> Result<Self, ControlError> {
+        let (control, saved) = control::Control::open(settings)?;
+        let state = AppState::new(limits, sink, Some(control));
+        let control = state.control().expect("just set");
+        control.restore(&state, &saved, state.limits());
+        Ok(Self { state })
+    }
+
+    /// Snapshots the model directory at `path` as a deployment behind
+    /// production and development, or reuses the deployment with the same
+    /// content (leaving the environments as they are); then loads what the
+    /// environments point at. Needs a server made by [`Server::open`].
+    pub fn deploy_dir(
+        &self,
+        path: &Path,
+        environment: Option<&str>,
+    ) -> Result<Arc<Deployment>, ControlError> {
+        let control = self
+            .state
+            .control()
+            .expect("deploy_dir needs a server made by Server::open");
+        control.startup(&self.state, path, environment)
     }
 
     pub fn state(&self) -> &AppState {
@@ -93,7 +133,15 @@ impl Server {
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
-        let load_failure = first_load_failure(self.state.deployments());
+        // Only what loads at startup can end serving: a pushed deployment that
+        // fails to load is refused promotion instead.
+        let starting = self
+            .state
+            .deployments()
+            .into_iter()
+            .filter(|d| d.state() == LoadState::Loading)
+            .collect();
+        let load_failure = first_load_failure(starting);
         let result = tokio::select! {
             finished = &mut server => {
                 return finished.map_err(|e| ServeError::Io(std::io::Error::other(e)))?.map_err(Into::into);

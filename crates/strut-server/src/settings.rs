@@ -18,6 +18,8 @@ pub struct Limits {
     pub load_retry_delay: Duration,
     /// How long the readiness route waits for `is_healthy`.
     pub health_check_timeout: Duration,
+    /// How long a push or promotion waits for its deployment to load.
+    pub deploy_wait: Duration,
 }
 
 impl Default for Limits {
@@ -30,6 +32,7 @@ impl Default for Limits {
             load_retries: 1,
             load_retry_delay: Duration::from_secs(1),
             health_check_timeout: Duration::from_secs(5),
+            deploy_wait: Duration::from_secs(600),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod cmd_config;
 mod cmd_init;
+mod deploy_cli;
 mod logging;
 mod models;
 mod predict;
@@ -49,6 +50,17 @@ enum Command {
     },
     /// Scaffold a new model directory.
     Init(cmd_init::InitArgs),
+    /// Push a model directory to a running server as a new deployment.
+    Push(deploy_cli::PushArgs),
+    /// Point an environment at a deployment (production by default).
+    Promote(deploy_cli::PromoteArgs),
+    /// Point an environment back at its previous deployment.
+    Rollback(deploy_cli::RollbackArgs),
+    /// List deployments or read the deploy log of a running server.
+    Deployments {
+        #[command(subcommand)]
+        command: deploy_cli::DeploymentsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +81,10 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Config {
             command: ConfigCommand::Validate(args),
         } => cmd_config::validate(&args),
+        Command::Push(args) => deploy_cli::push(&args),
+        Command::Promote(args) => deploy_cli::promote(&args),
+        Command::Rollback(args) => deploy_cli::rollback(&args),
+        Command::Deployments { command } => deploy_cli::deployments(&command),
         Command::Init(args) => match cmd_init::init(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -3,11 +3,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use clap::Args;
-use strut_config::{LoadedConfig, Severity, ValidateOptions};
-use strut_model::{Environment, InitContext, Registry};
-use strut_server::{DEVELOPMENT, DeploymentSpec, Limits, PRODUCTION, Server, resolve_secrets};
+use strut_model::Registry;
+use strut_server::{ApiKeys, ControlSettings, Limits, Server, TracingLogSink};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -43,6 +44,23 @@ pub struct ServeArgs {
     /// Milliseconds between load attempts.
     #[arg(long, env = "STRUT_LOAD_RETRY_DELAY_MS", default_value_t = 1000)]
     pub load_retry_delay_ms: u64,
+    /// Where deployments, environment pointers and the deploy log are kept.
+    /// Default: a temporary directory removed at exit (nothing persists).
+    #[arg(long, env = "STRUT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin API keys, one per line, optionally `name:key`. Default:
+    /// `<secrets-dir>/strut_admin_api_key`. No keys: the admin API is off.
+    #[arg(long, env = "STRUT_ADMIN_API_KEY_FILE")]
+    pub admin_api_key_file: Option<PathBuf>,
+    /// Require an admin API key on predict routes too.
+    #[arg(long, env = "STRUT_PROTECT_INFERENCE")]
+    pub protect_inference: bool,
+    /// Largest pushed model bundle in bytes, packed and unpacked.
+    #[arg(long, env = "STRUT_MAX_UPLOAD_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Seconds a push or promotion waits for its deployment to load.
+    #[arg(long, env = "STRUT_DEPLOY_WAIT", default_value_t = Limits::default().deploy_wait.as_secs())]
+    pub deploy_wait: u64,
 }
 
 impl ServeArgs {
@@ -54,8 +72,15 @@ impl ServeArgs {
             grace_period: Duration::from_secs(self.grace_period),
             load_retries: self.load_retries,
             load_retry_delay: Duration::from_millis(self.load_retry_delay_ms),
+            deploy_wait: Duration::from_secs(self.deploy_wait),
             ..Limits::default()
         }
+    }
+
+    fn admin_api_key_file(&self) -> PathBuf {
+        self.admin_api_key_file
+            .clone()
+            .unwrap_or_else(|| self.secrets_dir.join("strut_admin_api_key"))
     }
 }
 
@@ -76,10 +101,43 @@ pub fn run(args: ServeArgs, registry: Registry) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
-    let loaded = load_config(&args)?;
-    let spec = deployment_spec(&loaded, &args, &registry)?;
-    let server = Server::new(args.limits());
-    server.deploy(spec, &registry, &[PRODUCTION, DEVELOPMENT]);
+    let api_keys = ApiKeys::from_file(&args.admin_api_key_file())
+        .with_context(|| format!("reading {}", args.admin_api_key_file().display()))?;
+    if args.protect_inference && api_keys.is_empty() {
+        bail!(
+            "--protect-inference needs API keys in {}",
+            args.admin_api_key_file().display()
+        );
+    }
+    if api_keys.is_empty() {
+        tracing::info!("no admin API key configured; the admin API is disabled");
+    }
+    // Without --data-dir, deployments live in a temporary directory that
+    // goes with the process: nothing persists, nothing is shared.
+    let (data_dir, _ephemeral) = match &args.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("strut-data-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
+            tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments and the deploy log are kept in a temporary directory and lost at exit");
+            (tmp.path().to_owned(), Some(tmp))
+        }
+    };
+    let settings = ControlSettings {
+        data_dir,
+        secrets_dir: args.secrets_dir.clone(),
+        api_keys,
+        protect_inference: args.protect_inference,
+        max_upload_bytes: args.max_upload_bytes,
+        registry,
+    };
+    let server = Server::open(args.limits(), Arc::new(TracingLogSink), settings)?;
+    let deployment = server
+        .deploy_dir(&args.path, args.environment.as_deref())
+        .with_context(|| format!("serving {}", args.path.display()))?;
+    tracing::info!(deployment = %deployment.id(), "startup deployment");
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -91,76 +149,6 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
     server.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Loads and validates config.yaml: errors refuse to serve, warnings are logged.
-fn load_config(args: &ServeArgs) -> anyhow::Result<LoadedConfig> {
-    let loaded = match strut_config::load(&args.path) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            if let strut_config::LoadError::Invalid { diagnostics, .. } = &err {
-                for d in diagnostics {
-                    tracing::error!(code = %d.code, path = %d.path, "{} ({})", d.message, d.hint);
-                }
-            }
-            return Err(err).context("reading config.yaml");
-        }
-    };
-    let report = strut_config::validate(&loaded, &ValidateOptions::default());
-    for d in &report.diagnostics {
-        match d.severity {
-            Severity::Error => {
-                tracing::error!(code = %d.code, path = %d.path, "{} ({})", d.message, d.hint)
-            }
-            Severity::Warning => {
-                tracing::warn!(code = %d.code, path = %d.path, "{} ({})", d.message, d.hint)
-            }
-            Severity::Info => tracing::info!(code = %d.code, path = %d.path, "{}", d.message),
-        }
-    }
-    if !report.valid {
-        bail!(
-            "{} has errors; fix them (or see `strut config validate {}`)",
-            loaded.path.display(),
-            args.path.display()
-        );
-    }
-    Ok(loaded)
-}
-
-fn deployment_spec(
-    loaded: &LoadedConfig,
-    args: &ServeArgs,
-    registry: &Registry,
-) -> anyhow::Result<DeploymentSpec> {
-    let config = &loaded.config;
-    if !registry.contains(&config.model_class_name) {
-        bail!(
-            "model_class_name `{}` is not compiled into this binary; available: {}",
-            config.model_class_name,
-            registry.names().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let secrets = resolve_secrets(&config.secrets, &args.secrets_dir)?;
-    let concurrency = usize::try_from(config.runtime.predict_concurrency)
-        .context("runtime.predict_concurrency must be at least 1")?;
-    let init = InitContext {
-        config: loaded.to_json(),
-        data_dir: loaded.data_dir(),
-        secrets,
-        environment: args.environment.as_deref().map(Environment::named),
-    };
-    Ok(DeploymentSpec {
-        id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
-        model_name: config
-            .model_name
-            .clone()
-            .unwrap_or_else(|| "model".to_owned()),
-        model_class: config.model_class_name.clone(),
-        init,
-        predict_concurrency: concurrency,
-        stream_read_timeout: Duration::from_secs(config.runtime.streaming_read_timeout),
-    })
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first.

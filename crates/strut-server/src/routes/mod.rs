@@ -1,8 +1,11 @@
 //! Routing only: each protocol lives in its own module and talks to models
 //! through the deployment and its loaded model, never through model types.
 
+mod admin;
 mod predict;
 mod truss;
+
+pub use predict::DEPLOYMENT_HEADER;
 
 use axum::Router;
 use axum::http::{Method, Uri};
@@ -16,6 +19,7 @@ use crate::{ApiError, AppState, request};
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(truss::routes())
+        .merge(admin::routes(state.clone()))
         .fallback(no_route)
         .layer(CatchPanicLayer::custom(
             |panic: Box<dyn std::any::Any + Send>| {

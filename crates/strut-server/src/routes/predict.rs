@@ -2,17 +2,16 @@
 //! preprocess, predict, postprocess, encode, with the request's deadline and
 //! cancellation around all of it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use strut_model::{Output, RequestContext};
 
 use crate::codec::{BodyFormat, StreamMode, read_body};
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, InFlight};
 use crate::request::RequestId;
 use crate::streaming::{self, ByteStream};
 use crate::{ApiError, AppState};
@@ -23,13 +22,20 @@ enum Reply {
     Collected(String),
 }
 
+/// Names the deployment that served a request, so clients (and tests) can
+/// see where a promotion switched them over.
+pub const DEPLOYMENT_HEADER: &str = "x-strut-deployment";
+
+/// Runs a routed request. `routed` counts it in its deployment's in-flight
+/// requests until the response, its stream included, is done.
 pub async fn predict(
     state: AppState,
-    deployment: Arc<Deployment>,
+    routed: InFlight,
     id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let deployment = routed.deployment().clone();
     let format = BodyFormat::of_request(&headers);
     let mode = StreamMode::of_request(&headers);
     let limits = state.limits();
@@ -45,11 +51,11 @@ pub async fn predict(
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::Timeout(limits.request_timeout.as_secs())),
     };
-    match outcome {
+    let mut response = match outcome {
         Ok(Reply::Json(value)) => format.respond(&value),
         Ok(Reply::Collected(text)) => axum::Json(text).into_response(),
         Ok(Reply::Stream(stream)) => {
-            let stream = streaming::hold_while_streaming(stream, on_drop);
+            let stream = streaming::hold_while_streaming(stream, (on_drop, routed));
             match mode {
                 StreamMode::Sse => streaming::sse_response(stream),
                 _ => streaming::octet_response(stream),
@@ -60,7 +66,11 @@ pub async fn predict(
             drop(on_drop);
             err.into_response()
         }
+    };
+    if let Ok(value) = HeaderValue::from_str(deployment.id()) {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, value);
     }
+    response
 }
 
 async fn run(

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
         .route("/production/predict", predict_on(PRODUCTION))
         .route("/development/predict", predict_on(DEVELOPMENT))
         .route("/environments/{env}/predict", post(predict_environment))
+        .route("/deployment/{id}/predict", post(predict_deployment))
 }
 
 /// 200 from the moment the process listens, loading or not.
@@ -99,6 +100,22 @@ async fn predict_environment(
     predict_in(state, &env, id, headers, body).await
 }
 
+async fn predict_deployment(
+    State(state): State<AppState>,
+    Path(deployment): Path<String>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let routed = authorize_inference(&state, &headers)
+        .and_then(|()| state.deployment(&deployment))
+        .map(|d| d.enter());
+    match routed {
+        Ok(routed) => predict(state, routed, id, headers, body).await,
+        Err(err) => err.into_response(),
+    }
+}
+
 async fn predict_in(
     state: AppState,
     environment: &str,
@@ -106,8 +123,19 @@ async fn predict_in(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match state.environment(environment) {
-        Ok(deployment) => predict(state, deployment, id, headers, body).await,
+    let routed = authorize_inference(&state, &headers).and_then(|()| state.route(environment));
+    match routed {
+        Ok(routed) => predict(state, routed, id, headers, body).await,
         Err(err) => err.into_response(),
+    }
+}
+
+/// With `--protect-inference`, predict routes take the admin API's keys.
+fn authorize_inference(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match state.control() {
+        Some(control) if control.settings().protect_inference => {
+            super::admin::authenticate(state, control, headers).map(drop)
+        }
+        _ => Ok(()),
     }
 }
