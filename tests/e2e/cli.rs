@@ -208,3 +208,41 @@ async fn serve_logs_the_validators_warnings_and_still_serves() {
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_request_id_on_every_request_line() {
+    let server = StrutProcess::serve(
+        &[
+            repo().join("models/stream").to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[("RUST_LOG", "info,strut::model=debug")],
+    );
+    wait_ready(&server.url).await;
+    let response = client()
+        .post(format!("{}/predict", server.url))
+        .header("x-request-id", "trace-me-42")
+        .body(r#"{"n": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    assert_eq!(response.text().await.unwrap(), "chunk-0\nchunk-1\n");
+    server.sigterm();
+    let (status, logs) = server.wait(Duration::from_secs(15));
+    assert!(status.success(), "{logs}");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let model_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l["target"] == "strut::model")
+        .collect();
+    assert_eq!(model_lines.len(), 2, "{logs}");
+    for line in model_lines {
+        assert_eq!(line["request_id"], "trace-me-42", "{line}");
+        assert_eq!(line["span"]["request_id"], "trace-me-42", "{line}");
+    }
+}

@@ -11,5 +11,8 @@ mod deploy_cli;
 mod deployments;
 mod lifecycle;
 mod manifests;
+mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 mod streaming;
 mod truss_http;

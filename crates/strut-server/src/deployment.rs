@@ -66,6 +66,8 @@ pub struct Deployment {
     state: watch::Sender<LoadState>,
     /// Requests routed here and not yet answered, open response streams included.
     in_flight: watch::Sender<usize>,
+    /// Seconds the last successful load took, for the metrics.
+    load_seconds: std::sync::Mutex<Option<f64>>,
 }
 
 impl Deployment {
@@ -89,6 +91,7 @@ impl Deployment {
             model: RwLock::new(None),
             state: watch::Sender::new(LoadState::Unloaded),
             in_flight: watch::Sender::new(0),
+            load_seconds: std::sync::Mutex::new(None),
         })
     }
 
@@ -175,6 +178,11 @@ impl Deployment {
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.send_modify(|n| *n += 1);
         InFlight(self.clone())
+    }
+
+    /// How long the last successful load took.
+    pub fn load_seconds(&self) -> Option<f64> {
+        *self.load_seconds.lock().expect("load_seconds lock")
     }
 
     pub fn in_flight(&self) -> usize {
@@ -286,7 +294,9 @@ impl Loader {
             let started = Instant::now();
             match catch(|| instance.load().map_err(|e| e.to_string())) {
                 Ok(()) => {
-                    tracing::info!(seconds = started.elapsed().as_secs_f64(), "model loaded");
+                    let seconds = started.elapsed().as_secs_f64();
+                    tracing::info!(seconds, "model loaded");
+                    *self.0.load_seconds.lock().expect("load_seconds lock") = Some(seconds);
                     return Ok(LoadedModel::new(instance));
                 }
                 Err(err) if attempt < attempts => {

@@ -8,6 +8,7 @@ mod codec;
 mod control;
 mod deployment;
 mod error;
+mod metrics;
 mod request;
 mod routes;
 mod runner;

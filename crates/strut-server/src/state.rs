@@ -10,6 +10,7 @@ use strut_model::{CancellationToken, LogSink};
 
 use crate::control::Control;
 use crate::deployment::{Deployment, InFlight};
+use crate::metrics::Metrics;
 use crate::{ApiError, Limits};
 
 pub const PRODUCTION: &str = "production";
@@ -34,6 +35,7 @@ struct Inner {
     /// The admin side (data dir, keys); `None` when embedded without one.
     control: Option<Control>,
     unauthenticated: AtomicU64,
+    metrics: Metrics,
 }
 
 /// One environment: what it points at, what it pointed at before (newest
@@ -76,6 +78,7 @@ impl AppState {
             environments: RwLock::new(environments),
             control,
             unauthenticated: AtomicU64::new(0),
+            metrics: Metrics::new(),
         };
         Self {
             inner: Arc::new(inner),
@@ -97,6 +100,10 @@ impl AppState {
     /// Counts a request refused for want of a valid API key.
     pub(crate) fn count_unauthenticated(&self) -> u64 {
         self.inner.unauthenticated.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn unauthenticated_requests(&self) -> u64 {

@@ -74,7 +74,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            logging::init(cli.log_format);
+            let _logging = logging::init(cli.log_format);
             serve::run(args, registry)
         }
         Command::Predict(args) => predict::run(args),

@@ -123,6 +123,10 @@ fn listen_address(line: &str) -> Option<String> {
     if !line.contains("listening") {
         return None;
     }
+    // `--log-format json` puts the address in a field of its own.
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json["address"].as_str().map(str::to_owned);
+    }
     let rest = &line[line.find("address=")? + "address=".len()..];
     Some(rest.split_whitespace().next()?.to_owned())
 }

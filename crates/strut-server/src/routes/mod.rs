@@ -11,15 +11,23 @@ use axum::Router;
 use axum::http::{Method, Uri};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::runner::panic_message;
-use crate::{ApiError, AppState, request};
+use crate::{ApiError, AppState, metrics, request};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(truss::routes())
         .merge(admin::routes(state.clone()))
+        .route("/metrics", get(metrics::scrape))
+        // A route layer sees the matched route template, which keeps the
+        // metrics' label values bounded; unmatched paths are not counted.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .fallback(no_route)
         .layer(CatchPanicLayer::custom(
             |panic: Box<dyn std::any::Any + Send>| {

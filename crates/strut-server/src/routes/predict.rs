@@ -12,6 +12,7 @@ use strut_model::{Output, RequestContext};
 
 use crate::codec::{BodyFormat, StreamMode, read_body};
 use crate::deployment::{Deployment, InFlight};
+use crate::metrics::Metrics;
 use crate::request::RequestId;
 use crate::streaming::{self, ByteStream};
 use crate::{ApiError, AppState};
@@ -35,6 +36,7 @@ pub async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let arrived = Instant::now();
     let deployment = routed.deployment().clone();
     let format = BodyFormat::of_request(&headers);
     let mode = StreamMode::of_request(&headers);
@@ -46,7 +48,7 @@ pub async fn predict(
     let deadline = Instant::now() + limits.request_timeout;
     let ctx = RequestContext::new(id.0, cancel, Some(state.log_sink().clone()), Some(deadline));
 
-    let work = run(&deployment, &ctx, format, mode, body, limits.max_body_bytes);
+    let work = run(&state, &deployment, &ctx, format, mode, body, arrived);
     let outcome = match tokio::time::timeout_at(deadline.into(), work).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::Timeout(limits.request_timeout.as_secs())),
@@ -74,19 +76,33 @@ pub async fn predict(
 }
 
 async fn run(
+    state: &AppState,
     deployment: &Deployment,
     ctx: &RequestContext,
     format: BodyFormat,
     mode: StreamMode,
     body: Body,
-    max_body_bytes: usize,
+    arrived: Instant,
 ) -> Result<Reply, ApiError> {
     let model = deployment.model()?;
-    let bytes = read_body(body, max_body_bytes).await?;
+    let bytes = read_body(body, state.limits().max_body_bytes).await?;
     let input = format.decode(&bytes)?;
     let input = model.preprocess(input, ctx).await?;
+    let metrics = state.metrics();
+    let labels = Metrics::deployment(deployment.id());
+    let waited = Instant::now();
     let permit = deployment.admission().acquire().await?;
-    match model.predict(input, ctx).await? {
+    metrics
+        .queue_seconds
+        .get_or_create(&labels)
+        .observe(waited.elapsed().as_secs_f64());
+    let predicted = Instant::now();
+    let output = model.predict(input, ctx).await;
+    metrics
+        .inference_seconds
+        .get_or_create(&labels)
+        .observe(predicted.elapsed().as_secs_f64());
+    match output? {
         Output::Json(value) => {
             drop(permit);
             Ok(Reply::Json(model.postprocess(value, ctx).await?))
@@ -95,6 +111,8 @@ async fn run(
             let gap = deployment.spec().stream_read_timeout;
             let stream =
                 streaming::hold_while_streaming(streaming::byte_stream(chunks, gap), permit);
+            let first_byte = metrics.first_byte_seconds.get_or_create(&labels).clone();
+            let stream = crate::metrics::time_first_chunk(stream, first_byte, arrived);
             if mode == StreamMode::Collect {
                 Ok(Reply::Collected(streaming::collect(stream).await?))
             } else {
