@@ -40,8 +40,8 @@ secrets:
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn serves_the_default_config_and_predict_sends_its_example_input() {
-    let config = repo().join("config.yaml");
+async fn serves_a_config_and_predict_sends_its_example_input() {
+    let config = repo().join("models/echo/config.yaml");
     let server = StrutProcess::serve(&[config.to_str().unwrap()], &[]);
     wait_ready(&server.url).await;
 
@@ -146,7 +146,7 @@ fn refuses_an_unknown_model_class_and_an_invalid_config() {
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(
         logs.contains(
-            "model_class_name `Llama3` is not compiled into this binary; available: Echo, Stream"
+            "model_class_name `Llama3` is not compiled into this binary; available: Echo, LlamaGenerator, SentenceEmbedder, Stream"
         ),
         "{logs}"
     );
@@ -245,4 +245,27 @@ async fn json_logs_carry_the_request_id_on_every_request_line() {
         assert_eq!(line["request_id"], "trace-me-42", "{line}");
         assert_eq!(line["span"]["request_id"], "trace-me-42", "{line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_config_is_a_chat_model_that_knows_paris() {
+    // What the README's serve command runs: ./config.yaml from the repo root.
+    let server = StrutProcess::serve(&[repo().join("config.yaml").to_str().unwrap()], &[]);
+    wait_ready(&server.url).await;
+    let out = strut()
+        .args(["predict", "--url", &server.url, "--config"])
+        .arg(repo().join("config.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(reply["text"].as_str().unwrap().contains("Paris"), "{reply}");
+    assert_eq!(reply["finish_reason"], "stop");
+    server.sigterm();
+    let (status, logs) = server.wait(Duration::from_secs(15));
+    assert!(status.success(), "{logs}");
 }

@@ -3,6 +3,7 @@
 //! binary as a process.
 
 mod admin_api;
+mod candle_http;
 mod cli;
 mod common;
 mod config_cli;

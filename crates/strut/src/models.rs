@@ -5,5 +5,6 @@ use strut_model::Registry;
 pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();
     strut_builtins::register(&mut registry);
+    strut_candle::register(&mut registry);
     registry
 }

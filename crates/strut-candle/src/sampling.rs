@@ -1,0 +1,192 @@
+//! Next-token choice: repetition penalty (transformers' rule, over prompt and
+//! output), then candle's `LogitsProcessor` for temperature / top-k / top-p.
+
+use candle_core::{DType, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use strut_model::ModelError;
+use strut_model::capabilities::SamplingParams;
+
+pub struct Sampler {
+    processor: LogitsProcessor,
+    repetition_penalty: f32,
+}
+
+/// Rejects parameters outside their meaningful range, naming the field.
+pub fn validate(params: &SamplingParams) -> Result<(), ModelError> {
+    let bad = |msg: String| Err(ModelError::invalid_input(msg));
+    if !params.temperature.is_finite() || params.temperature < 0.0 {
+        return bad(format!(
+            "temperature must be >= 0, got {}",
+            params.temperature
+        ));
+    }
+    if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+        return bad(format!("top_p must be in (0, 1], got {}", params.top_p));
+    }
+    if params.top_k == Some(0) {
+        return bad("top_k must be at least 1".into());
+    }
+    if !params.repetition_penalty.is_finite() || params.repetition_penalty <= 0.0 {
+        return bad(format!(
+            "repetition_penalty must be > 0, got {}",
+            params.repetition_penalty
+        ));
+    }
+    if params.stop.iter().any(String::is_empty) {
+        return bad("stop sequences must not be empty strings".into());
+    }
+    Ok(())
+}
+
+impl Sampler {
+    pub fn new(params: &SamplingParams) -> Self {
+        let temperature = f64::from(params.temperature);
+        let top_p = f64::from(params.top_p);
+        let sampling = if temperature < 1e-6 {
+            Sampling::ArgMax
+        } else {
+            match (params.top_k, top_p < 1.0) {
+                (Some(k), true) => Sampling::TopKThenTopP {
+                    k: k as usize,
+                    p: top_p,
+                    temperature,
+                },
+                (Some(k), false) => Sampling::TopK {
+                    k: k as usize,
+                    temperature,
+                },
+                (None, true) => Sampling::TopP {
+                    p: top_p,
+                    temperature,
+                },
+                (None, false) => Sampling::All { temperature },
+            }
+        };
+        let seed = params.seed.unwrap_or_else(entropy_seed);
+        Self {
+            processor: LogitsProcessor::from_sampling(seed, sampling),
+            repetition_penalty: params.repetition_penalty,
+        }
+    }
+
+    /// `logits`: one row for the vocabulary; `context`: every token so far.
+    pub fn next(&mut self, logits: &Tensor, context: &[u32]) -> candle_core::Result<u32> {
+        let logits = logits.to_dtype(DType::F32)?;
+        let logits = if (self.repetition_penalty - 1.0).abs() > f32::EPSILON {
+            candle_transformers::utils::apply_repeat_penalty(
+                &logits,
+                self.repetition_penalty,
+                context,
+            )?
+        } else {
+            logits
+        };
+        self.processor.sample(&logits)
+    }
+}
+
+/// A seed for requests that give none: different per request.
+fn entropy_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn logits(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn greedy_takes_the_largest_logit() {
+        let mut s = Sampler::new(&SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        });
+        assert_eq!(s.next(&logits(&[0.1, 3.0, 2.0]), &[]).unwrap(), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_moves_greedy_off_a_seen_token() {
+        let params = SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(&params);
+        assert_eq!(s.next(&logits(&[0.1, 3.0, 2.0]), &[1]).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_samples() {
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
+        let l = logits(&[1.0, 1.1, 0.9, 1.05, 0.95]);
+        let draw = |p: &SamplingParams| {
+            let mut s = Sampler::new(p);
+            (0..20)
+                .map(|_| s.next(&l, &[]).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let a = draw(&params);
+        assert_eq!(a, draw(&params));
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "sampling at temperature 1 should vary: {a:?}"
+        );
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_whatever_the_temperature() {
+        let params = SamplingParams {
+            temperature: 5.0,
+            top_k: Some(1),
+            seed: Some(1),
+            ..Default::default()
+        };
+        let mut s = Sampler::new(&params);
+        for _ in 0..10 {
+            assert_eq!(s.next(&logits(&[0.0, 0.5, 0.2]), &[]).unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn out_of_range_parameters_are_rejected() {
+        let err = |p: SamplingParams| validate(&p).unwrap_err().message().to_owned();
+        assert!(
+            err(SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            })
+            .contains("temperature")
+        );
+        assert!(
+            err(SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .contains("top_p")
+        );
+        assert!(
+            err(SamplingParams {
+                top_k: Some(0),
+                ..Default::default()
+            })
+            .contains("top_k")
+        );
+        assert!(
+            err(SamplingParams {
+                stop: vec![String::new()],
+                ..Default::default()
+            })
+            .contains("stop")
+        );
+        assert!(validate(&SamplingParams::default()).is_ok());
+    }
+}
