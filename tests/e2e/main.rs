@@ -3,8 +3,11 @@
 //! binary as a process.
 
 mod admin_api;
+mod async_api;
+mod async_crash;
 mod candle_http;
 mod cli;
+mod cog_api;
 mod common;
 mod config_cli;
 mod container;

@@ -49,6 +49,17 @@ impl Admission {
             .map_err(|_| ApiError::Internal("admission semaphore closed".into()))
     }
 
+    /// Waits for a slot however long it takes, outside the bounded queue:
+    /// for queued async work, whose number the async share bounds instead.
+    /// tokio's semaphore is FIFO, so sync requests waiting already go first.
+    pub async fn acquire_waiting(&self) -> Result<Permit, ApiError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("admission semaphore closed".into()))
+    }
+
     pub fn in_flight(&self) -> usize {
         self.concurrency - self.slots.available_permits()
     }

@@ -3,11 +3,12 @@
 //! an environment can be pointed back at it; its record outlives its model.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use strut_model::{InitContext, Registry};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::admission::Admission;
 use crate::runner::{LoadedModel, panic_message};
@@ -64,8 +65,11 @@ pub struct Deployment {
     /// and the state never disagree.
     model: RwLock<Option<Arc<LoadedModel>>>,
     state: watch::Sender<LoadState>,
-    /// Requests routed here and not yet answered, open response streams included.
-    in_flight: watch::Sender<usize>,
+    /// Requests routed here and not yet answered, open response streams
+    /// included. An atomic, not a watch: it changes twice per request, and
+    /// only a drain ever waits for it (woken through `idle` at zero).
+    in_flight: AtomicUsize,
+    idle: Notify,
     /// Seconds the last successful load took, for the metrics.
     load_seconds: std::sync::Mutex<Option<f64>>,
 }
@@ -90,7 +94,8 @@ impl Deployment {
             retry_delay: limits.load_retry_delay,
             model: RwLock::new(None),
             state: watch::Sender::new(LoadState::Unloaded),
-            in_flight: watch::Sender::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
             load_seconds: std::sync::Mutex::new(None),
         })
     }
@@ -176,7 +181,7 @@ impl Deployment {
 
     /// Counts a request from routing to the end of its response body.
     pub fn enter(self: &Arc<Self>) -> InFlight {
-        self.in_flight.send_modify(|n| *n += 1);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
@@ -186,7 +191,7 @@ impl Deployment {
     }
 
     pub fn in_flight(&self) -> usize {
-        *self.in_flight.borrow()
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// Starts draining a ready deployment; false when it was not ready.
@@ -202,11 +207,20 @@ impl Deployment {
 
     /// Waits, at most `grace`, for the requests in flight here to finish.
     pub(crate) async fn wait_idle(&self, grace: Duration) {
-        let mut rx = self.in_flight.subscribe();
-        if tokio::time::timeout(grace, rx.wait_for(|n| *n == 0))
-            .await
-            .is_err()
-        {
+        let idle = async {
+            loop {
+                // Registered before the check, so a drop to zero in between
+                // still wakes this waiter.
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, idle).await.is_err() {
             tracing::warn!(deployment = %self.spec.id, in_flight = self.in_flight(), "drain grace period over; unloading");
         }
     }
@@ -255,7 +269,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.send_modify(|n| *n -= 1);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

@@ -83,6 +83,18 @@ pub enum ApiError {
     },
     #[error("the data directory could not be updated: {0}")]
     Storage(String),
+    #[error("asynchronous inference is not enabled on this server")]
+    AsyncDisabled,
+    #[error("{0}")]
+    InvalidAsyncRequest(String),
+    #[error("{0} async requests are queued or running, the limit; retry later")]
+    AsyncQueueFull(usize),
+    #[error("no async request with id `{0}`")]
+    AsyncRequestNotFound(String),
+    #[error("async request `{id}` has finished ({status}); there is nothing to cancel")]
+    AsyncRequestFinished { id: String, status: &'static str },
+    #[error("the prediction id in the body (`{body}`) differs from the one in the path (`{path}`)")]
+    PredictionIdMismatch { path: String, body: String },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("server error: {0}")]
@@ -159,6 +171,34 @@ impl ApiError {
             }
             InvalidBundle(_) => (StatusCode::BAD_REQUEST, "invalid_bundle", TRUSS_CLIENT),
             InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "invalid_config", TRUSS_CLIENT),
+            AsyncDisabled => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "async_disabled",
+                TRUSS_SERVER,
+            ),
+            InvalidAsyncRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_async_request",
+                TRUSS_CLIENT,
+            ),
+            AsyncQueueFull(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "async_queue_full",
+                TRUSS_SERVER,
+            ),
+            AsyncRequestNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "async_request_not_found",
+                TRUSS_CLIENT,
+            ),
+            AsyncRequestFinished { .. } => {
+                (StatusCode::CONFLICT, "async_request_finished", TRUSS_CLIENT)
+            }
+            PredictionIdMismatch { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "prediction_id_mismatch",
+                TRUSS_CLIENT,
+            ),
             Storage(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "storage_error",
@@ -252,6 +292,13 @@ impl From<ModelError> for ApiError {
     }
 }
 
+/// The queue store failing is the data directory failing.
+impl From<strut_queue::QueueError> for ApiError {
+    fn from(err: strut_queue::QueueError) -> Self {
+        ApiError::Storage(err.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
@@ -261,7 +308,7 @@ impl IntoResponse for ApiError {
         headers.insert("x-baseten-error-source", HeaderValue::from_static("04"));
         headers.insert("x-baseten-error-code", HeaderValue::from_static(truss_code));
         match self {
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::AsyncQueueFull(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized => {

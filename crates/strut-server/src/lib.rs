@@ -9,6 +9,7 @@ mod control;
 mod deployment;
 mod error;
 mod metrics;
+mod queue;
 mod request;
 mod routes;
 mod runner;
@@ -30,6 +31,7 @@ pub use admission::{Admission, Permit};
 pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP};
 pub use deployment::{Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
+pub use queue::AsyncSettings;
 pub use request::{REQUEST_ID_HEADER, TracingLogSink};
 pub use routes::DEPLOYMENT_HEADER;
 pub use runner::LoadedModel;
@@ -114,6 +116,23 @@ impl Server {
         deployment
     }
 
+    /// Turns on asynchronous inference (Baseten's async API, Cog's async
+    /// predictions) over `store`: requests left running by a previous
+    /// process are retried or failed, then the dispatcher and the webhook
+    /// sender start. Call it inside the runtime, once.
+    pub async fn enable_async(
+        &self,
+        store: Arc<dyn strut_queue::QueueStore>,
+        settings: AsyncSettings,
+    ) -> Result<strut_queue::Recovered, strut_queue::QueueError> {
+        let recovered = store.recover(strut_queue::now_ms()).await?;
+        let queue = queue::AsyncQueue::new(store, settings);
+        if self.state.set_async_queue(queue.clone()) {
+            queue.start(self.state.clone());
+        }
+        Ok(recovered)
+    }
+
     pub fn router(&self) -> axum::Router {
         routes::router(self.state.clone())
     }
@@ -154,6 +173,10 @@ impl Server {
             err = load_failure => Err(ServeError::LoadFailed(err)),
         };
         stop.cancel();
+        // Queued async work stays queued for the next start.
+        if let Some(queue) = self.state.async_queue() {
+            queue.stop.cancel();
+        }
         let grace = self.state.limits().grace_period;
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             tracing::warn!(

@@ -11,6 +11,7 @@ use strut_model::{CancellationToken, LogSink};
 use crate::control::Control;
 use crate::deployment::{Deployment, InFlight};
 use crate::metrics::Metrics;
+use crate::queue::AsyncQueue;
 use crate::{ApiError, Limits};
 
 pub const PRODUCTION: &str = "production";
@@ -36,6 +37,8 @@ struct Inner {
     control: Option<Control>,
     unauthenticated: AtomicU64,
     metrics: Metrics,
+    /// Asynchronous inference, once enabled.
+    queue: std::sync::OnceLock<Arc<AsyncQueue>>,
 }
 
 /// One environment: what it points at, what it pointed at before (newest
@@ -79,6 +82,7 @@ impl AppState {
             control,
             unauthenticated: AtomicU64::new(0),
             metrics: Metrics::new(),
+            queue: std::sync::OnceLock::new(),
         };
         Self {
             inner: Arc::new(inner),
@@ -100,6 +104,15 @@ impl AppState {
     /// Counts a request refused for want of a valid API key.
     pub(crate) fn count_unauthenticated(&self) -> u64 {
         self.inner.unauthenticated.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The async queue, or `None` when async inference is not enabled.
+    pub(crate) fn async_queue(&self) -> Option<&Arc<AsyncQueue>> {
+        self.inner.queue.get()
+    }
+
+    pub(crate) fn set_async_queue(&self, queue: Arc<AsyncQueue>) -> bool {
+        self.inner.queue.set(queue).is_ok()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use strut_model::Registry;
-use strut_server::{ApiKeys, ControlSettings, Limits, Server, TracingLogSink};
+use strut_queue::{Durability, SqliteStore};
+use strut_server::{ApiKeys, AsyncSettings, ControlSettings, Limits, Server, TracingLogSink};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -61,6 +62,43 @@ pub struct ServeArgs {
     /// Seconds a push or promotion waits for its deployment to load.
     #[arg(long, env = "STRUT_DEPLOY_WAIT", default_value_t = Limits::default().deploy_wait.as_secs())]
     pub deploy_wait: u64,
+    /// Share of a deployment's predict_concurrency that async requests may
+    /// hold (at least one slot); sync requests keep the rest.
+    #[arg(long, env = "STRUT_ASYNC_SHARE", default_value_t = AsyncSettings::default().share)]
+    pub async_share: f64,
+    /// Async requests queued or running before new ones get 429.
+    #[arg(long, env = "STRUT_ASYNC_MAX_QUEUED", default_value_t = AsyncSettings::default().max_unfinished)]
+    pub async_max_queued: usize,
+    /// `full`: an accepted async request survives power loss (fsync per
+    /// group commit); `normal`: it survives a killed process only.
+    #[arg(
+        long,
+        env = "STRUT_ASYNC_DURABILITY",
+        value_enum,
+        default_value = "full"
+    )]
+    pub async_durability: DurabilityArg,
+    /// Webhook signing secrets, one per line, newest first (several during
+    /// rotation). Default: `<secrets-dir>/strut_webhook_secret`; absent: unsigned.
+    #[arg(long, env = "STRUT_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Delivery attempts per webhook before it is marked FAILED.
+    #[arg(long, env = "STRUT_WEBHOOK_MAX_ATTEMPTS", default_value_t = AsyncSettings::default().webhook_max_attempts)]
+    pub webhook_max_attempts: u32,
+    /// First webhook retry delay in milliseconds; doubles (with jitter) up to the max.
+    #[arg(long, env = "STRUT_WEBHOOK_RETRY_INITIAL_MS", default_value_t = 1000)]
+    pub webhook_retry_initial_ms: u64,
+    #[arg(long, env = "STRUT_WEBHOOK_RETRY_MAX_MS", default_value_t = 60_000)]
+    pub webhook_retry_max_ms: u64,
+    /// Seconds one webhook delivery attempt may take.
+    #[arg(long, env = "STRUT_WEBHOOK_TIMEOUT", default_value_t = 10)]
+    pub webhook_timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DurabilityArg {
+    Full,
+    Normal,
 }
 
 impl ServeArgs {
@@ -75,6 +113,36 @@ impl ServeArgs {
             deploy_wait: Duration::from_secs(self.deploy_wait),
             ..Limits::default()
         }
+    }
+
+    fn async_settings(&self) -> anyhow::Result<AsyncSettings> {
+        if !(self.async_share > 0.0 && self.async_share <= 1.0) {
+            bail!("--async-share must be in (0, 1], got {}", self.async_share);
+        }
+        let file = self
+            .webhook_secret_file
+            .clone()
+            .unwrap_or_else(|| self.secrets_dir.join("strut_webhook_secret"));
+        let webhook_secrets = match std::fs::read_to_string(&file) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        Ok(AsyncSettings {
+            share: self.async_share,
+            max_unfinished: self.async_max_queued,
+            webhook_secrets,
+            webhook_max_attempts: self.webhook_max_attempts.max(1),
+            webhook_initial_backoff: Duration::from_millis(self.webhook_retry_initial_ms),
+            webhook_max_backoff: Duration::from_millis(self.webhook_retry_max_ms),
+            webhook_timeout: Duration::from_secs(self.webhook_timeout.max(1)),
+            ..AsyncSettings::default()
+        })
     }
 
     fn admin_api_key_file(&self) -> PathBuf {
@@ -121,10 +189,12 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
                 .prefix("strut-data-")
                 .tempdir()
                 .context("creating a temporary data directory")?;
-            tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments and the deploy log are kept in a temporary directory and lost at exit");
+            tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments, the deploy log and queued async requests are kept in a temporary directory and lost at exit; async requests do not survive a restart");
             (tmp.path().to_owned(), Some(tmp))
         }
     };
+    let async_settings = args.async_settings()?;
+    let queue_path = data_dir.join("queue.sqlite3");
     let settings = ControlSettings {
         data_dir,
         secrets_dir: args.secrets_dir.clone(),
@@ -138,6 +208,25 @@ async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
         .deploy_dir(&args.path, args.environment.as_deref())
         .with_context(|| format!("serving {}", args.path.display()))?;
     tracing::info!(deployment = %deployment.id(), "startup deployment");
+    let durability = match args.async_durability {
+        DurabilityArg::Full => Durability::Full,
+        DurabilityArg::Normal => Durability::Normal,
+    };
+    let store = SqliteStore::open(&queue_path, durability)
+        .with_context(|| format!("opening the async queue {}", queue_path.display()))?;
+    let secrets = async_settings.webhook_secrets.len();
+    let recovered = server
+        .enable_async(Arc::new(store), async_settings)
+        .await
+        .context("recovering the async queue")?;
+    tracing::info!(
+        queued = recovered.queued,
+        retried = recovered.retried,
+        failed = recovered.failed,
+        webhooks = recovered.webhooks,
+        webhook_secrets = secrets,
+        "async queue ready"
+    );
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

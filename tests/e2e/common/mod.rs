@@ -4,6 +4,7 @@
 pub mod deploy;
 pub mod models;
 pub mod process;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,9 @@
 //! through the deployment and its loaded model, never through model types.
 
 mod admin;
-mod predict;
+mod async_api;
+mod cog;
+pub(crate) mod predict;
 mod truss;
 
 pub use predict::DEPLOYMENT_HEADER;
@@ -21,6 +23,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(truss::routes())
         .merge(admin::routes(state.clone()))
+        .merge(async_api::routes())
+        .merge(cog::routes())
         .route("/metrics", get(metrics::scrape))
         // A route layer sees the matched route template, which keeps the
         // metrics' label values bounded; unmatched paths are not counted.

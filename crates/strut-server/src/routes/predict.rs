@@ -14,10 +14,11 @@ use crate::codec::{BodyFormat, StreamMode, read_body};
 use crate::deployment::{Deployment, InFlight};
 use crate::metrics::Metrics;
 use crate::request::RequestId;
+use crate::runner::LoadedModel;
 use crate::streaming::{self, ByteStream};
 use crate::{ApiError, AppState};
 
-enum Reply {
+pub(crate) enum Reply {
     Json(Value),
     Stream(ByteStream),
     Collected(String),
@@ -87,11 +88,50 @@ async fn run(
     let model = deployment.model()?;
     let bytes = read_body(body, state.limits().max_body_bytes).await?;
     let input = format.decode(&bytes)?;
+    infer(
+        state,
+        deployment,
+        &model,
+        ctx,
+        input,
+        mode,
+        arrived,
+        Admit::Bounded,
+    )
+    .await
+}
+
+/// How a request waits for a model slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// A client is waiting: 429 at once when the slots and the queue are full.
+    Bounded,
+    /// Queued async work: it waits as long as it takes (its number is
+    /// bounded by the async share instead), never 429.
+    Wait,
+}
+
+/// The pipeline after decoding, shared by sync routes, the async worker and
+/// Cog's predictions: preprocess, admission, predict, postprocess.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn infer(
+    state: &AppState,
+    deployment: &Deployment,
+    model: &LoadedModel,
+    ctx: &RequestContext,
+    input: Value,
+    mode: StreamMode,
+    arrived: Instant,
+    admit: Admit,
+) -> Result<Reply, ApiError> {
     let input = model.preprocess(input, ctx).await?;
     let metrics = state.metrics();
     let labels = Metrics::deployment(deployment.id());
     let waited = Instant::now();
-    let permit = deployment.admission().acquire().await?;
+    let permit = match admit {
+        Admit::Bounded => deployment.admission().acquire().await?,
+        Admit::Wait => deployment.admission().acquire_waiting().await?,
+    };
     metrics
         .queue_seconds
         .get_or_create(&labels)

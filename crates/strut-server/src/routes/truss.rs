@@ -131,7 +131,7 @@ async fn predict_in(
 }
 
 /// With `--protect-inference`, predict routes take the admin API's keys.
-fn authorize_inference(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize_inference(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match state.control() {
         Some(control) if control.settings().protect_inference => {
             super::admin::authenticate(state, control, headers).map(drop)

@@ -1,0 +1,147 @@
+//! strut's durable queue of asynchronous requests.
+//!
+//! The server only talks to [`QueueStore`]: enqueue (durable before it
+//! returns), claim the next request by priority then age, record how it
+//! ended, cancel, expire, recover after a restart, and track webhook
+//! delivery. [`SqliteStore`] is the embedded default; a store shared by
+//! several replicas (Redis Streams, NATS JetStream, PostgreSQL) implements
+//! the same trait. This crate knows nothing of HTTP.
+
+mod record;
+mod sqlite;
+
+pub use record::{
+    ErrorEntry, LogLine, NewRequest, Outcome, Protocol, Record, RetryConfig, Status, WebhookStatus,
+};
+pub use sqlite::{Durability, SqliteStore};
+
+use async_trait::async_trait;
+
+/// Milliseconds since the Unix epoch: what the store keeps for every time.
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage failed: {0}")]
+    Storage(String),
+    #[error("the queue store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(err: rusqlite::Error) -> Self {
+        QueueError::Storage(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for QueueError {
+    fn from(err: serde_json::Error) -> Self {
+        QueueError::Storage(format!("a stored value is not valid JSON: {err}"))
+    }
+}
+
+/// What enqueueing an id found.
+#[derive(Debug)]
+pub enum Enqueued {
+    Created,
+    /// The id was taken already (an idempotent re-submission); nothing was written.
+    Exists(Box<Record>),
+}
+
+/// What a cancel found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// It was queued and is now CANCELED.
+    Canceled,
+    /// It is running: the caller signals it; it ends as the model stops.
+    Running,
+    /// It had ended already, with this status.
+    Finished(Status),
+    NotFound,
+}
+
+/// What [`QueueStore::recover`] did at startup.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Queued requests that resume as they were.
+    pub queued: usize,
+    /// Requests that were running and are queued again for another attempt.
+    pub retried: usize,
+    /// Requests that were running with no attempt left: now FAILED.
+    pub failed: usize,
+    /// Finished requests whose webhook is still to be delivered.
+    pub webhooks: usize,
+}
+
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
+    /// Writes a new request durably; returns only once it would survive a crash.
+    async fn enqueue(&self, request: NewRequest) -> Result<Enqueued, QueueError>;
+
+    /// The target (environment or deployment) of the request that runs next,
+    /// if one may run at `now`.
+    async fn next_target(&self, now: Millis) -> Result<Option<String>, QueueError>;
+
+    /// Moves the best queued request for `target` (priority, then age) to
+    /// IN_PROGRESS and counts an attempt.
+    async fn claim_next(
+        &self,
+        target: &str,
+        deployment_id: &str,
+        now: Millis,
+    ) -> Result<Option<Record>, QueueError>;
+
+    /// Puts a running request back in the queue for another attempt, not before `not_before`.
+    async fn retry_later(
+        &self,
+        id: &str,
+        not_before: Millis,
+        error: ErrorEntry,
+    ) -> Result<bool, QueueError>;
+
+    /// IN_PROGRESS -> a terminal state, exactly once: false when the request
+    /// was not running (it ended already).
+    async fn finish(&self, id: &str, outcome: Outcome, now: Millis) -> Result<bool, QueueError>;
+
+    async fn cancel(&self, id: &str, now: Millis) -> Result<Cancel, QueueError>;
+
+    /// Queued requests past their queue limit become EXPIRED; returns how many.
+    async fn expire(&self, now: Millis) -> Result<usize, QueueError>;
+
+    async fn get(&self, id: &str) -> Result<Option<Record>, QueueError>;
+
+    /// At startup: running requests are retried or failed by their retry
+    /// config, and undelivered webhooks are made due now.
+    async fn recover(&self, now: Millis) -> Result<Recovered, QueueError>;
+
+    /// Finished requests whose webhook is due, leased until `lease_until` so
+    /// a second poll does not send them again meanwhile.
+    async fn webhooks_due(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Record>, QueueError>;
+
+    /// A delivery attempt's result: delivered, to retry at `Some(next)`, or
+    /// failed for good (`None`).
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        delivered: bool,
+        retry_at: Option<Millis>,
+    ) -> Result<(), QueueError>;
+
+    /// Deletes finished requests (webhook settled) that finished before `before`.
+    async fn purge(&self, before: Millis) -> Result<usize, QueueError>;
+
+    /// Requests queued or running: the server bounds this (429 past its limit).
+    fn unfinished(&self) -> usize;
+}

@@ -1,0 +1,351 @@
+//! The dispatcher: takes queued requests in priority-then-age order and runs
+//! each through the predict pipeline, holding one of its deployment's async
+//! slots; then records how it ended, exactly once, and wakes the webhooks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use strut_model::RequestContext;
+use strut_queue::{ErrorEntry, Outcome, Protocol, Record, Status, now_ms};
+use tracing::Instrument;
+
+use super::logs::CaptureSink;
+use super::{AsyncQueue, Running};
+use crate::codec::StreamMode;
+use crate::deployment::{Deployment, LoadState};
+use crate::routes::predict::{Admit, Reply, infer};
+use crate::{ApiError, AppState};
+
+/// How often the dispatcher looks again with nothing to do (retries come due
+/// by the clock, not by a wake-up).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+pub(crate) async fn dispatch(state: AppState, queue: Arc<AsyncQueue>) {
+    while !queue.stop.is_cancelled() {
+        let target = match queue.store.next_target(now_ms()).await {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                idle(&queue).await;
+                continue;
+            }
+            Err(err) => {
+                tracing::error!("reading the async queue: {err}");
+                idle(&queue).await;
+                continue;
+            }
+        };
+        let deployment = match resolve(&state, &target) {
+            Ok(d) => d,
+            Err(err) => {
+                fail_next(&queue, &target, &err).await;
+                continue;
+            }
+        };
+        if deployment.state() == LoadState::Loading {
+            tokio::select! {
+                _ = deployment.loaded() => {}
+                () = queue.stop.cancelled() => return,
+            }
+            continue;
+        }
+        if let Err(err) = deployment.model() {
+            fail_next(&queue, &target, &err).await;
+            continue;
+        }
+        // Wait for one of this deployment's async slots before claiming, so
+        // the claim picks the best request at the moment it can run.
+        let share = queue.share_of(&deployment);
+        let slot = tokio::select! {
+            slot = share.acquire_owned() => slot.expect("share semaphore is never closed"),
+            () = queue.stop.cancelled() => return,
+        };
+        let routed = deployment.enter();
+        match queue
+            .store
+            .claim_next(&target, deployment.id(), now_ms())
+            .await
+        {
+            Ok(Some(record)) => {
+                let running = queue.running(&record.id, &state);
+                let (state, queue) = (state.clone(), queue.clone());
+                tokio::spawn(async move {
+                    run(&state, &queue, &deployment, record, running).await;
+                    drop((slot, routed));
+                });
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!("claiming from the async queue: {err}");
+                idle(&queue).await;
+            }
+        }
+    }
+}
+
+async fn idle(queue: &AsyncQueue) {
+    tokio::select! {
+        () = queue.wake_dispatch.notified() => {}
+        () = tokio::time::sleep(IDLE_POLL) => {}
+        () = queue.stop.cancelled() => {}
+    }
+}
+
+/// `env:<name>` or `deployment:<id>`, as the routes wrote it.
+fn resolve(state: &AppState, target: &str) -> Result<Arc<Deployment>, ApiError> {
+    match target.split_once(':') {
+        Some(("env", name)) => state.environment(name),
+        Some(("deployment", id)) => state.deployment(id),
+        _ => Err(ApiError::Internal(format!(
+            "unknown async target `{target}`"
+        ))),
+    }
+}
+
+/// A request whose target cannot serve fails rather than blocking the queue.
+async fn fail_next(queue: &AsyncQueue, target: &str, err: &ApiError) {
+    let Ok(Some(record)) = queue.store.claim_next(target, "", now_ms()).await else {
+        return;
+    };
+    let outcome = Outcome {
+        status: Status::Failed,
+        output: None,
+        errors: vec![error_entry(err)],
+        logs: Vec::new(),
+    };
+    finish(queue, &record, outcome).await;
+}
+
+async fn run(
+    state: &AppState,
+    queue: &AsyncQueue,
+    deployment: &Deployment,
+    record: Record,
+    running: Arc<Running>,
+) {
+    let span =
+        tracing::info_span!("async_request", request_id = %record.id, attempt = record.attempts);
+    let sink = CaptureSink {
+        server: state.log_sink().clone(),
+        capture: running.capture.clone(),
+    };
+    let timeout = state.limits().request_timeout;
+    let deadline = Instant::now() + timeout;
+    let ctx = RequestContext::new(
+        record.id.as_str(),
+        running.token.clone(),
+        Some(Arc::new(sink)),
+        Some(deadline),
+    );
+    let cog = record.protocol == Protocol::Cog;
+    let mut progress = cog.then(|| super::webhook::cog_progress(queue, &record, &running));
+    if let Some(progress) = &mut progress {
+        progress.started().await;
+    }
+    let work = async {
+        let model = deployment.model()?;
+        // Cog lists a stream's chunks; Baseten's async output is one value.
+        let mode = if cog {
+            StreamMode::Raw
+        } else {
+            StreamMode::Collect
+        };
+        let reply = infer(
+            state,
+            deployment,
+            &model,
+            &ctx,
+            record.input.clone(),
+            mode,
+            Instant::now(),
+            Admit::Wait,
+        );
+        match tokio::time::timeout_at(deadline.into(), reply).await {
+            Ok(reply) => output_of(reply?).await,
+            Err(_) => Err(ApiError::Timeout(timeout.as_secs())),
+        }
+    };
+    let result = work.instrument(span.clone()).await;
+    let logs = running.capture.lines();
+    let outcome = match result {
+        Ok(output) => Outcome {
+            status: Status::Succeeded,
+            output: Some(output),
+            errors: Vec::new(),
+            logs,
+        },
+        Err(_) if running.was_canceled() => Outcome {
+            status: Status::Canceled,
+            output: None,
+            errors: vec![ErrorEntry::new(
+                "CANCELED",
+                "the request was canceled while it ran",
+            )],
+            logs,
+        },
+        Err(ApiError::Cancelled) if queue.stop.is_cancelled() => {
+            // Shutdown stopped it: left IN_PROGRESS, so the next start retries it.
+            span.in_scope(|| tracing::warn!("async request interrupted by shutdown"));
+            queue.done(&record.id);
+            return;
+        }
+        Err(err) => {
+            let entry = error_entry(&err);
+            if retryable(&err) && record.attempts < record.retry.max_attempts {
+                let wait = record.retry.delay_after(record.attempts) as i64;
+                span.in_scope(|| tracing::warn!(code = %entry.code, wait_ms = wait, "async attempt failed; retrying"));
+                let _ = queue
+                    .store
+                    .retry_later(&record.id, now_ms() + wait, entry)
+                    .await;
+                queue.done(&record.id);
+                return;
+            }
+            Outcome {
+                status: Status::Failed,
+                output: None,
+                errors: vec![entry],
+                logs,
+            }
+        }
+    };
+    if let Some(progress) = progress {
+        progress.finished(&outcome).await;
+    }
+    queue.done(&record.id);
+    finish(queue, &record, outcome).await;
+}
+
+/// A collected reply as the stored output: a stream becomes its text
+/// (Baseten) or the list of its chunks (Cog, as `Iterator` outputs are).
+pub(crate) async fn output_of(reply: Reply) -> Result<Value, ApiError> {
+    match reply {
+        Reply::Json(value) => Ok(value),
+        Reply::Collected(text) => Ok(Value::String(text)),
+        Reply::Stream(mut stream) => {
+            let mut chunks = Vec::new();
+            while let Some(bytes) = stream.next().await {
+                let bytes = bytes?;
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BinaryStream)?;
+                chunks.push(Value::String(text));
+            }
+            Ok(Value::Array(chunks))
+        }
+    }
+}
+
+async fn finish(queue: &AsyncQueue, record: &Record, outcome: Outcome) {
+    let status = outcome.status;
+    match queue.store.finish(&record.id, outcome, now_ms()).await {
+        Ok(true) => {
+            tracing::info!(request_id = %record.id, status = status.as_str(), "async request finished");
+        }
+        Ok(false) => tracing::warn!(request_id = %record.id, "async request had finished already"),
+        Err(err) => tracing::error!(request_id = %record.id, "recording an async result: {err}"),
+    }
+    queue.wake_webhooks.notify_one();
+}
+
+/// Baseten's async error codes.
+pub(crate) fn error_entry(err: &ApiError) -> ErrorEntry {
+    use ApiError::*;
+    let code = match err {
+        InvalidInput(_) | InvalidJson(_) | InvalidMsgpack(_) | EmptyBody => "MODEL_INVALID_INPUT",
+        NotReady(_) | Unhealthy(_) => "MODEL_NOT_READY",
+        UnknownEnvironment(_) | UnknownDeployment(_) | EmptyEnvironment(_) => {
+            "MODEL_DOES_NOT_EXIST"
+        }
+        Timeout(_) | StreamStalled(_) => "MODEL_PREDICT_TIMEOUT",
+        ModelStatus {
+            status: 502..=503, ..
+        } => "MODEL_UNAVAILABLE",
+        ModelStatus { status: 504, .. } => "MODEL_PREDICT_TIMEOUT",
+        ModelStatus {
+            status: 400..=499, ..
+        } => "MODEL_INVALID_INPUT",
+        ModelFailed(_) | ModelPanicked(_) | ModelStatus { .. } | BinaryStream => {
+            "MODEL_PREDICT_ERROR"
+        }
+        _ => "INTERNAL_SERVER_ERROR",
+    };
+    ErrorEntry::new(code, err.public_message())
+}
+
+/// Baseten retries what a retry may cure: 500, 502, 503, 504, not bad input.
+fn retryable(err: &ApiError) -> bool {
+    matches!(
+        error_entry(err).code.as_str(),
+        "MODEL_NOT_READY"
+            | "MODEL_PREDICT_ERROR"
+            | "MODEL_UNAVAILABLE"
+            | "MODEL_PREDICT_TIMEOUT"
+            | "INTERNAL_SERVER_ERROR"
+    )
+}
+
+/// Expires requests past their queue limit and purges old results.
+pub(crate) async fn housekeeping(queue: Arc<AsyncQueue>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = queue.stop.cancelled() => return,
+        }
+        ticks += 1;
+        match queue.store.expire(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(expired = n, "async requests expired in the queue");
+                queue.wake_webhooks.notify_one();
+            }
+            Err(err) => tracing::error!("expiring async requests: {err}"),
+        }
+        // About once a minute: results past their retention go.
+        if ticks.is_multiple_of(120) {
+            let before = now_ms() - queue.settings.retention.as_millis() as i64;
+            if let Err(err) = queue.store.purge(before).await {
+                tracing::error!("purging old async results: {err}");
+            }
+        }
+    }
+}
+
+/// Cog's status names.
+fn cog_status(status: Status) -> &'static str {
+    match status {
+        Status::Queued => "starting",
+        Status::InProgress => "processing",
+        Status::Succeeded | Status::WebhookFailed => "succeeded",
+        Status::Failed | Status::Expired => "failed",
+        Status::Canceled => "canceled",
+    }
+}
+
+/// Cog's state snapshot of a stored request (`logs` one string).
+pub(crate) fn cog_snapshot(record: &Record, live_logs: Option<&[strut_queue::LogLine]>) -> Value {
+    let logs = live_logs.unwrap_or(&record.logs);
+    let error = record.errors.first().map(|e| e.message.clone());
+    let mut snapshot = json!({
+        "id": record.id,
+        "status": cog_status(record.status),
+        "input": record.input,
+        "output": record.output,
+        "logs": super::logs::joined(logs),
+        "error": if record.status.is_terminal() && record.status != Status::Succeeded { error } else { None },
+        "created_at": rfc3339(Some(record.created_ms)),
+        "started_at": rfc3339(record.started_ms),
+        "completed_at": rfc3339(record.finished_ms),
+    });
+    if let (Some(started), Some(finished)) = (record.started_ms, record.finished_ms) {
+        snapshot["metrics"] = json!({"predict_time": (finished - started) as f64 / 1000.0});
+    }
+    snapshot
+}
+
+pub(crate) fn rfc3339(ms: Option<i64>) -> Option<String> {
+    let ms = u64::try_from(ms?).ok()?;
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    Some(humantime::format_rfc3339_millis(time).to_string())
+}

@@ -1,0 +1,299 @@
+//! Baseten's async API: submit (201 with a request id once the request is
+//! durably queued), read its status, cancel it.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use strut_queue::{Cancel, NewRequest, Protocol, Record, RetryConfig, now_ms};
+
+use super::truss::authorize_inference;
+use crate::codec::read_body;
+use crate::queue::AsyncQueue;
+use crate::state::{DEVELOPMENT, PRODUCTION};
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/async_predict", post(production))
+        .route("/production/async_predict", post(production))
+        .route("/development/async_predict", post(development))
+        .route("/environments/{env}/async_predict", post(environment))
+        .route("/deployment/{id}/async_predict", post(deployment))
+        .route("/async_request/{id}", get(status).delete(cancel))
+}
+
+async fn production(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let target = target_env(&state, PRODUCTION);
+    submit(state, target, headers, body).await
+}
+
+async fn development(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let target = target_env(&state, DEVELOPMENT);
+    submit(state, target, headers, body).await
+}
+
+async fn environment(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = target_env(&state, &env);
+    submit(state, target, headers, body).await
+}
+
+async fn deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = state.deployment(&id).map(|_| format!("deployment:{id}"));
+    submit(state, target, headers, body).await
+}
+
+/// Unknown environments are refused at submission (404), not after queueing.
+fn target_env(state: &AppState, name: &str) -> Result<String, ApiError> {
+    state.environment(name).map(|_| format!("env:{name}"))
+}
+
+pub(super) fn queue_of(state: &AppState) -> Result<&std::sync::Arc<AsyncQueue>, ApiError> {
+    state.async_queue().ok_or(ApiError::AsyncDisabled)
+}
+
+async fn submit(
+    state: AppState,
+    target: Result<String, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let submitted = async {
+        authorize_inference(&state, &headers)?;
+        let target = target?;
+        let queue = queue_of(&state)?;
+        let bytes = read_body(body, queue.settings.max_body_bytes).await?;
+        let body: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let request = parse(&body, target)?;
+        if queue.store.unfinished() >= queue.settings.max_unfinished {
+            return Err(ApiError::AsyncQueueFull(queue.settings.max_unfinished));
+        }
+        let id = request.id.clone();
+        queue.store.enqueue(request).await?;
+        queue.wake_dispatch.notify_one();
+        Ok(id)
+    };
+    match submitted.await {
+        Ok(id) => (StatusCode::CREATED, axum::Json(json!({"request_id": id}))).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Validates Baseten's request body; every refusal names the field.
+fn parse(body: &Value, target: String) -> Result<NewRequest, ApiError> {
+    let bad = |msg: String| ApiError::InvalidAsyncRequest(msg);
+    let object = body
+        .as_object()
+        .ok_or_else(|| bad("the body must be a JSON object with `model_input`".into()))?;
+    const KNOWN: [&str; 5] = [
+        "model_input",
+        "webhook_endpoint",
+        "priority",
+        "max_time_in_queue_seconds",
+        "inference_retry_config",
+    ];
+    if let Some(unknown) = object.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown field `{unknown}`; expected one of {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let input = object
+        .get("model_input")
+        .cloned()
+        .ok_or_else(|| bad("`model_input` is required".into()))?;
+    let webhook = match object.get("webhook_endpoint") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) => Some(webhook_url(url).map_err(bad)?),
+        Some(_) => return Err(bad("`webhook_endpoint` must be a URL string".into())),
+    };
+    let priority = int_in(object.get("priority"), "priority", 0, 2, 0).map_err(bad)? as u8;
+    let max_queue = int_in(
+        object.get("max_time_in_queue_seconds"),
+        "max_time_in_queue_seconds",
+        10,
+        259_200,
+        600,
+    )
+    .map_err(bad)?;
+    let retry = match object.get("inference_retry_config") {
+        None | Some(Value::Null) => RetryConfig::default(),
+        Some(Value::Object(c)) => {
+            let d = RetryConfig::default();
+            let field = |name: &str, lo, hi, default| {
+                int_in(
+                    c.get(name),
+                    &format!("inference_retry_config.{name}"),
+                    lo,
+                    hi,
+                    default,
+                )
+            };
+            RetryConfig {
+                max_attempts: field("max_attempts", 1, 10, d.max_attempts.into()).map_err(bad)?
+                    as u32,
+                initial_delay_ms: field("initial_delay_ms", 0, 10_000, d.initial_delay_ms)
+                    .map_err(bad)?,
+                max_delay_ms: field("max_delay_ms", 0, 60_000, d.max_delay_ms).map_err(bad)?,
+            }
+        }
+        Some(_) => return Err(bad("`inference_retry_config` must be an object".into())),
+    };
+    let created_ms = now_ms();
+    Ok(NewRequest {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        protocol: Protocol::Baseten,
+        target,
+        input,
+        webhook,
+        events: 0,
+        priority,
+        created_ms,
+        expires_ms: created_ms + max_queue as i64 * 1000,
+        retry,
+    })
+}
+
+fn int_in(
+    value: Option<&Value>,
+    name: &str,
+    lo: u64,
+    hi: u64,
+    default: u64,
+) -> Result<u64, String> {
+    match value {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "`{name}` must be an integer from {lo} to {hi}, got {v}"
+            )),
+        },
+    }
+}
+
+/// http(s) only: a webhook is a POST to a server the operator can reach.
+pub(super) fn webhook_url(url: &str) -> Result<String, String> {
+    let ok = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2048
+        && url
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
+    if ok {
+        Ok(url.to_owned())
+    } else {
+        Err(format!(
+            "`webhook_endpoint` must be an http(s) URL, got `{url}`"
+        ))
+    }
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let found = async {
+        authorize_inference(&state, &headers)?;
+        let queue = queue_of(&state)?;
+        let record = queue
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| ApiError::AsyncRequestNotFound(id.clone()))?;
+        Ok::<_, ApiError>(status_json(&state, queue, &record))
+    };
+    match found.await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+fn status_json(state: &AppState, queue: &AsyncQueue, r: &Record) -> Value {
+    use crate::queue::rfc3339;
+    // A running request's lines so far; a finished one's are stored.
+    let logs = match queue.find_running(&r.id) {
+        Some(running) if !r.status.is_terminal() => running.capture.lines(),
+        _ => r.logs.clone(),
+    };
+    let model_id = r
+        .deployment_id
+        .as_deref()
+        .and_then(|d| state.deployment(d).ok())
+        .map(|d| d.model_name().to_owned());
+    let status_at = r.finished_ms.or(r.started_ms).unwrap_or(r.created_ms);
+    let seconds = |from: Option<i64>, to: Option<i64>| Some((to? - from?) as f64 / 1000.0);
+    json!({
+        "request_id": r.id,
+        "model_id": model_id,
+        "deployment_id": r.deployment_id,
+        "status": r.status.as_str(),
+        "webhook_status": r.webhook_status.as_str(),
+        "created_at": rfc3339(Some(r.created_ms)),
+        "status_at": rfc3339(Some(status_at)),
+        "errors": r.errors,
+        "output": r.output,
+        "logs": logs.iter().map(|l| json!({
+            "time": rfc3339(Some(l.time_ms)), "level": l.level, "message": l.message,
+        })).collect::<Vec<_>>(),
+        "priority": r.priority,
+        "attempts": r.attempts,
+        "timings": {
+            "started_at": rfc3339(r.started_ms),
+            "finished_at": rfc3339(r.finished_ms),
+            "queue_seconds": seconds(Some(r.created_ms), r.started_ms),
+            "run_seconds": seconds(r.started_ms, r.finished_ms),
+        },
+    })
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let canceled = async {
+        authorize_inference(&state, &headers)?;
+        let queue = queue_of(&state)?;
+        match queue.store.cancel(&id, now_ms()).await? {
+            Cancel::Canceled => {
+                queue.wake_webhooks.notify_one();
+                Ok((
+                    StatusCode::OK,
+                    json!({"request_id": id, "status": "CANCELED"}),
+                ))
+            }
+            Cancel::Running => {
+                queue.signal_cancel(&id, &state);
+                Ok((
+                    StatusCode::ACCEPTED,
+                    json!({"request_id": id, "status": "IN_PROGRESS",
+                           "message": "the running request was signalled to stop"}),
+                ))
+            }
+            Cancel::Finished(status) => Err(ApiError::AsyncRequestFinished {
+                id: id.clone(),
+                status: status.as_str(),
+            }),
+            Cancel::NotFound => Err(ApiError::AsyncRequestNotFound(id.clone())),
+        }
+    };
+    match canceled.await {
+        Ok((status, body)) => (status, axum::Json(body)).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
