@@ -13,37 +13,12 @@ measured by: the 2,000 submissions/s the project requires, and sync
 
 wrk comes from Debian (`apt-get install wrk`).
 """
-import argparse, os, re, signal, sqlite3, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, signal, sqlite3, subprocess, sys, tempfile
+
+from benchlib import wait_ready, wrk, write_lua
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = 2000.0
-LUA = 'wrk.method = "POST"\nwrk.body = os.getenv("BODY")\nwrk.headers["Content-Type"] = "application/json"\n'
-
-
-def wait_ready(url, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"not ready: {url}")
-
-
-def wrk(url, body, conns, seconds, lua):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", lua, url],
-        env={**os.environ, "BODY": body}, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "total": total, "p99": p99, "non2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1) if errors else ""}
 
 
 def main():
@@ -58,9 +33,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "strut"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "strut")
     with tempfile.TemporaryDirectory(prefix="strut-async-bench-") as data:
-        lua = os.path.join(data, "post.lua")
-        with open(lua, "w") as f:
-            f.write(LUA)
+        lua = write_lua(os.path.join(data, "post.lua"))
         server = subprocess.Popen(
             [binary, "serve", os.path.join(ROOT, "models", "echo"), "--host", "127.0.0.1",
              "--port", str(args.port), "--data-dir", os.path.join(data, "data"),
@@ -82,7 +55,7 @@ def main():
         done = db.execute("SELECT count(*) FROM requests WHERE status = 'SUCCEEDED'").fetchone()[0]
     print(f"async submissions ({args.durability} durability, {args.connections} connections, {args.seconds}s, "
           f"{os.cpu_count()} CPUs):")
-    print(f"  POST /async_predict  {sub['rps']:>9.0f} /s  p99 {sub['p99']}  non-2xx {sub['non2xx']}  "
+    print(f"  POST /async_predict  {sub['rps']:>9.0f} /s  p99 {sub['p99']:.2f} ms  non-2xx {sub['non2xx']}  "
           f"socket errors: {sub['socket_errors'] or 'none'}")
     print(f"  baseline: target     {TARGET:>9.0f} /s  -> {sub['rps'] / TARGET:.2f}x the target")
     print(f"  baseline: POST /predict (sync, same model, same run) {sync['rps']:.0f} /s "

@@ -10,53 +10,18 @@ a markdown table, the ratios the project targets, and strut's idle RSS.
 
 The Truss peer comes from ../shared/peers/setup.sh (PyPI only); wrk from Debian.
 """
-import argparse, os, re, shutil, signal, subprocess, sys, time, urllib.request
+import argparse, os, shutil, signal, subprocess, sys, time
+
+from benchlib import rss_kib, wait_ready, wrk, write_lua
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.environ.get("PEERS_DIR", os.path.expanduser("~/.cache/strut-peers"))
 BODY = '{"x": 1}'
-LUA = 'wrk.method = "POST"\nwrk.body = os.getenv("BODY")\nwrk.headers["Content-Type"] = "application/json"\n'
 
 
 def sh(cmd, **kw):
     print("+", " ".join(cmd), file=sys.stderr)
     subprocess.run(cmd, check=True, **kw)
-
-
-def wait_ready(url, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"not ready: {url}")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("VmRSS")).split()[1])
-
-
-def to_ms(value):
-    num, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(url, conns, seconds, lua):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "--latency", "-s", lua, url],
-        env={**os.environ, "BODY": BODY}, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1) if errors else ""}
 
 
 def main():
@@ -70,9 +35,7 @@ def main():
     sh(["cargo", "build", "--release", "-q", "-p", "strut", "-p", "axum-floor"], cwd=ROOT)
     if not args.no_truss and not os.path.exists(f"{PEERS}/apps/truss-echo"):
         sh(["bash", os.path.join(ROOT, "../shared/peers/setup.sh")])
-    lua = os.path.join(ROOT, "target", "bench-post.lua")
-    with open(lua, "w") as f:
-        f.write(LUA)
+    lua = write_lua(os.path.join(ROOT, "target", "bench-post.lua"))
 
     procs, results = [], {}
     try:
@@ -98,9 +61,9 @@ def main():
         for name, url, ready in servers:
             if ready:
                 wait_ready(ready)
-            wrk(url, 8, 2, lua)  # warm-up
+            wrk(url, BODY, 8, 2, lua)  # warm-up
             for c in (1, 8, 64):
-                results[(name, c)] = wrk(url, c, args.seconds, lua)
+                results[(name, c)] = wrk(url, BODY, c, args.seconds, lua)
                 r = results[(name, c)]
                 print(f"{name:10} c={c:<3} {r['rps']:>10.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms"
                       f"  non-2xx {r['non2xx']} {r['socket_errors']}", file=sys.stderr)
@@ -115,7 +78,7 @@ def main():
                 p.kill()
 
     names = [s[0] for s in servers]
-    print(f"\n| server | c=1 req/s | c=1 p99 | c=8 req/s | c=8 p99 | c=64 req/s | c=64 p50 | c=64 p99 |")
+    print("\n| server | c=1 req/s | c=1 p99 | c=8 req/s | c=8 p99 | c=64 req/s | c=64 p50 | c=64 p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for n in names:
         r1, r8, r64 = (results[(n, c)] for c in (1, 8, 64))
