@@ -3,9 +3,14 @@
 //! them, and a new process on the same data directory finishes the job.
 //! Every request must end in exactly one terminal state and every webhook
 //! must arrive; nothing may be lost or come back with a different result.
+//!
+//! Webhooks are delivered at least once: a kill after the receiver got one
+//! and before strut recorded that sends it again, with the same payload,
+//! after the restart. Receivers dedupe on the request id.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,7 +26,11 @@ fn repo() -> std::path::PathBuf {
 }
 
 fn serve(data: &Path) -> StrutProcess {
-    let model = repo().join("models/stream");
+    serve_model(data, "models/stream")
+}
+
+fn serve_model(data: &Path, model: &str) -> StrutProcess {
+    let model = repo().join(model);
     let secrets = data.join("no-secrets");
     let args = [
         model.to_str().unwrap(),
@@ -152,4 +161,62 @@ async fn kill_9_mid_way_loses_nothing_and_duplicates_no_result() {
         owed > 0,
         "some webhooks were still owed at the kill: {recovery}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_delivery_and_its_record_resends_the_same_webhook() {
+    let receiver = Receiver::start().await;
+    // The receiver takes the payload but strut never hears back.
+    receiver.hold_next.store(1, Ordering::SeqCst);
+    let data = tempfile::tempdir().unwrap();
+    let first = tokio::task::block_in_place(|| serve_model(data.path(), "models/echo"));
+    let http = client();
+    let response = http
+        .post(format!("{}/async_predict", first.url))
+        .json(&json!({"model_input": {"once": true}, "webhook_endpoint": receiver.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    receiver
+        .wait_for("the held delivery", |d| d.len() == 1)
+        .await;
+    drop(first); // SIGKILL while the delivery is in flight
+    receiver.release.notify_waiters();
+
+    let second = tokio::task::block_in_place(|| serve_model(data.path(), "models/echo"));
+    let deliveries = receiver
+        .wait_for("the delivery after the restart", |d| d.len() == 2)
+        .await;
+    assert_eq!(
+        deliveries[0].raw, deliveries[1].raw,
+        "the same payload both times"
+    );
+    assert_eq!(deliveries[1].headers["x-baseten-request-id"], id.as_str());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        assert!(Instant::now() < deadline, "{}", second.logs());
+        let body: Value = http
+            .get(format!("{}/async_request/{id}", second.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["webhook_status"] != "PENDING" {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (body["status"].as_str(), body["webhook_status"].as_str()),
+        (Some("SUCCEEDED"), Some("SUCCEEDED"))
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.deliveries().len(), 2, "once recorded, never again");
 }

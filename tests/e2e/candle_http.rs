@@ -2,40 +2,17 @@
 //! them: real weights (from scripts/fetch-models.sh), real requests, and a 400
 //! with a clear message for every kind of bad input.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
 use serde_json::json;
-use strut_server::{Deployment, PRODUCTION, Server, SpecOptions, load_validated, spec_for};
+use strut_server::Deployment;
 
 use crate::common::{self, body_bytes, body_json, post_json, send};
 
 async fn serve_model(dir: &str) -> (axum::Router, Arc<Deployment>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(dir);
-    let (loaded, _) = load_validated(&path).expect("config validates");
-    let registry = strut::builtin_registry();
-    let secrets = tempfile::tempdir().unwrap();
-    let options = SpecOptions {
-        secrets_dir: secrets.path(),
-        environment: None,
-    };
-    let spec = spec_for(
-        &loaded,
-        format!("test-{dir}").replace('/', "-"),
-        &registry,
-        &options,
-    )
-    .unwrap();
-    let server = Server::new(common::limits());
-    let deployment = server.deploy(spec, &registry, &[PRODUCTION]);
-    if let Err(err) = deployment.loaded().await {
-        panic!("{dir} did not load ({err}); run scripts/fetch-models.sh first");
-    }
-    (server.router(), deployment)
+    common::serve_model_dir(dir).await
 }
 
 async fn expect_400(router: &axum::Router, body: &str, message: &str) {
@@ -142,4 +119,57 @@ async fn smollm2_chats_streams_and_refuses_bad_input() {
     expect_400(&router, r#"{"messages": [{"role": "user"}]}"#, "content").await;
     let long = json!({"prompt": "word ".repeat(6000)}).to_string();
     expect_400(&router, &long, "context").await;
+}
+
+/// The value of the sample `name{deployment="id"}` in a scrape.
+async fn deployment_sample(router: &axum::Router, name: &str, deployment: &str) -> f64 {
+    let response = send(
+        router,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
+    let series = format!("{name}{{deployment=\"{deployment}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn the_models_report_batches_and_tokens_to_the_metrics() {
+    let (router, minilm) = serve_model("models/minilm").await;
+    let body = json!({"texts": ["one", "two", "three"]}).to_string();
+    assert_eq!(
+        send(&router, post_json("/predict", &body)).await.status(),
+        200
+    );
+    let batches = deployment_sample(&router, "strut_batch_size_count", minilm.id()).await;
+    let texts = deployment_sample(&router, "strut_batch_size_sum", minilm.id()).await;
+    assert!(batches >= 1.0, "{batches} batches");
+    assert_eq!(texts, 3.0, "every text went through one forward pass");
+
+    let (router, smollm2) = serve_model("models/smollm2").await;
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": true, "temperature": 0})
+        .to_string();
+    let response = send(&router, post_json("/predict", &body)).await;
+    assert_eq!(response.status(), 200);
+    let reply = body_json(response).await;
+    let id = smollm2.id();
+    assert_eq!(
+        deployment_sample(&router, "strut_generated_tokens_total", id).await,
+        5.0
+    );
+    assert_eq!(
+        deployment_sample(&router, "strut_prompt_tokens_total", id).await,
+        reply["usage"]["prompt_tokens"].as_f64().unwrap()
+    );
+    assert_eq!(
+        deployment_sample(&router, "strut_generation_tokens_per_second_count", id).await,
+        1.0
+    );
+    assert!(deployment_sample(&router, "strut_generation_tokens_per_second_sum", id).await > 0.0);
+    assert_eq!(
+        deployment_sample(&router, "strut_time_to_first_token_seconds_count", id).await,
+        1.0
+    );
 }

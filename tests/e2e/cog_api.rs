@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::process::StrutProcess;
 use crate::common::webhooks::{Receiver, serve_async, settings};
 use crate::common::{self, Probe, client};
 
@@ -286,4 +287,83 @@ async fn health_check_reports_starting_ready_busy_and_setup_failed() {
     .await;
     assert_eq!(response.status(), 503);
     assert_eq!(common::body_json(response).await["status"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_describes_the_routes_and_the_models_example_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/echo");
+    let args = [
+        echo.to_str().unwrap(),
+        "--secrets-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let server = tokio::task::block_in_place(|| StrutProcess::serve(&args, &[]));
+    let response = client()
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.0"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["info"]["title"], "echo");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/health-check", "get"),
+        ("/openapi.json", "get"),
+        ("/predictions", "post"),
+        ("/predictions/{prediction_id}", "put"),
+        ("/predictions/{prediction_id}/cancel", "post"),
+    ] {
+        assert!(
+            paths[path][method]["responses"].is_object(),
+            "{path} {method}"
+        );
+    }
+    // models/echo's config.yaml: example_model_input {"prompt": "hello", "n": 3}.
+    let input = &doc["components"]["schemas"]["Input"];
+    assert_eq!(input["type"], "object");
+    assert_eq!(input["properties"]["prompt"]["type"], "string");
+    assert_eq!(input["properties"]["n"]["type"], "integer");
+    assert!(input.get("required").is_none(), "every field optional");
+    // Every reference points at a schema the document defines.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 5);
+    for reference in refs {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected $ref {reference}"));
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "{reference}"
+        );
+    }
+    // The documented example is a valid prediction.
+    let (status, body) = post(
+        &format!("{}/predictions", server.url),
+        json!({"input": input["example"]}),
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(body["output"], json!({"prompt": "hello", "n": 3}));
+}
+
+fn collect_refs(value: &Value, refs: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(reference)) => refs.push(reference.clone()),
+                    _ => collect_refs(value, refs),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
+        _ => {}
+    }
 }

@@ -5,6 +5,8 @@
 mod admin_api;
 mod async_api;
 mod async_crash;
+mod async_queue;
+mod async_webhooks;
 mod candle_http;
 mod cli;
 mod cog_api;
@@ -13,10 +15,13 @@ mod config_cli;
 mod container;
 mod deploy_cli;
 mod deployments;
+mod kserve_api;
 mod lifecycle;
 mod manifests;
 mod metrics;
+mod openai_api;
 #[cfg(feature = "otel")]
 mod otel;
 mod streaming;
+mod tokenizer_cli;
 mod truss_http;

@@ -664,7 +664,7 @@ async fn probes_answer_on_the_real_server_run_as_the_containers_run_it() {
             assert_eq!(reply.status(), 200, "{}: {ready}:predict", w.what);
             assert_eq!(
                 reply.json::<Value>().await.unwrap(),
-                json!({"instances": [1, 2]})
+                json!({"predictions": [1, 2]})
             );
         }
         process.sigterm();

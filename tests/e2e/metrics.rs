@@ -194,3 +194,89 @@ async fn in_flight_and_queue_depth_are_live() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     running.stop().await.unwrap();
 }
+
+/// Reports what its input says through the contract's `Telemetry`, as a
+/// batching or generating model does.
+struct Reporter(strut_model::Telemetry);
+
+impl strut_model::Model for Reporter {
+    fn predict(
+        &self,
+        input: serde_json::Value,
+        _ctx: &strut_model::RequestContext,
+    ) -> Result<strut_model::Output, strut_model::ModelError> {
+        let n = |key: &str| input[key].as_u64().unwrap_or(0);
+        self.0.batch(n("batch") as usize);
+        self.0.generation(&strut_model::GenerationStats {
+            prompt_tokens: n("prompt") as u32,
+            completion_tokens: n("generated") as u32,
+            time_to_first_token: Duration::from_millis(n("ttft_ms")),
+            total: Duration::from_millis(n("total_ms")),
+        });
+        Ok(strut_model::Output::Json(serde_json::Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn model_telemetry_reaches_the_deployments_series() {
+    let mut registry = strut_model::Registry::new();
+    registry.register("Reporter", |ctx| Ok(Reporter(ctx.telemetry.clone())));
+    let server = strut_server::Server::new(common::limits());
+    let deployment = server.deploy(
+        common::spec("Reporter", 1),
+        &registry,
+        &[strut_server::PRODUCTION],
+    );
+    deployment.loaded().await.unwrap();
+    let router = server.router();
+    let dep = deployment.id().to_owned();
+
+    for body in [
+        r#"{"batch": 4, "prompt": 7, "generated": 11, "ttft_ms": 100, "total_ms": 600}"#,
+        r#"{"batch": 1, "prompt": 3, "generated": 1, "ttft_ms": 50, "total_ms": 50}"#,
+    ] {
+        assert_eq!(
+            send(&router, post_json("/predict", body)).await.status(),
+            200
+        );
+    }
+    let text = scrape(&router).await;
+    let at = |name: &str| {
+        sample(&text, &format!("{name}{{deployment=\"{dep}\"}}"))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert_eq!(at("strut_batch_size_count"), 2.0);
+    assert_eq!(at("strut_batch_size_sum"), 5.0);
+    assert_eq!(at("strut_prompt_tokens_total"), 10.0);
+    assert_eq!(at("strut_generated_tokens_total"), 12.0);
+    assert_eq!(at("strut_time_to_first_token_seconds_count"), 2.0);
+    // Only the first generation decoded past its first token: 10 tokens in 0.5 s.
+    assert_eq!(at("strut_generation_tokens_per_second_count"), 1.0);
+    assert_eq!(at("strut_generation_tokens_per_second_sum"), 20.0);
+}
+
+#[tokio::test]
+async fn readiness_probes_are_counted_for_the_deployment_they_checked() {
+    let probe = Probe::new();
+    let (server, deployment) = common::server("Scripted", &probe, common::limits());
+    deployment.loaded().await.unwrap();
+    let router = server.router();
+    let response = send(
+        &router,
+        Request::get("/v1/models/model")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()[strut_server::DEPLOYMENT_HEADER],
+        deployment.id()
+    );
+    let text = scrape(&router).await;
+    let series = format!(
+        "strut_requests_total{{route=\"/v1/models/{{*rest}}\",status=\"200\",deployment=\"{}\"}}",
+        deployment.id()
+    );
+    assert_eq!(sample(&text, &series), Some(1.0), "{text}");
+}

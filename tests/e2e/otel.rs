@@ -13,6 +13,17 @@ use crate::common::process::StrutProcess;
 
 type Received = Arc<Mutex<Vec<Bytes>>>;
 
+/// The caller's trace, as a gateway would send it in `traceparent`.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN: &str = "00f067aa0ba902b7";
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 async fn collect(State(received): State<Received>, body: Bytes) -> &'static str {
     received.lock().unwrap().push(body);
     ""
@@ -51,6 +62,7 @@ async fn spans_with_the_request_id_reach_the_collector() {
     let response = client()
         .post(format!("{}/predict", server.url))
         .header("x-request-id", "otel-req-1")
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN}-01"))
         .body("{}")
         .send()
         .await
@@ -62,7 +74,8 @@ async fn spans_with_the_request_id_reach_the_collector() {
 
     // OTLP protobuf keeps strings as raw bytes, so the names can be found in it.
     let bodies = received.lock().unwrap().concat();
-    let has = |needle: &str| bodies.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let has_bytes = |needle: &[u8]| bodies.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &str| has_bytes(needle.as_bytes());
     assert!(
         has("strut-otel-test"),
         "service name exported ({} bytes)",
@@ -71,5 +84,15 @@ async fn spans_with_the_request_id_reach_the_collector() {
     assert!(
         has("request") && has("otel-req-1"),
         "the request span with its id exported"
+    );
+    // OTLP carries ids as raw bytes: the request span joined the caller's
+    // trace, with the caller's span as its parent.
+    assert!(
+        has_bytes(&hex_bytes(TRACE_ID)),
+        "the incoming trace id is used"
+    );
+    assert!(
+        has_bytes(&hex_bytes(PARENT_SPAN)),
+        "the incoming span is the parent"
     );
 }

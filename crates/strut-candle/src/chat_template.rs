@@ -7,6 +7,7 @@ use strut_model::capabilities::ChatMessage;
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -33,9 +34,20 @@ impl ChatTemplate {
             })?;
         Ok(Self {
             env,
+            source: source.to_owned(),
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
         })
+    }
+
+    /// The template, its BOS and EOS tokens, as a tokenizer_config.json has them.
+    pub fn export_config(&self, context_length: usize) -> crate::export::TokenizerConfig<'_> {
+        crate::export::TokenizerConfig {
+            chat_template: &self.source,
+            bos_token: &self.bos_token,
+            eos_token: &self.eos_token,
+            context_length,
+        }
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn.

@@ -134,7 +134,9 @@ impl AsyncModel for SentenceEmbedder {
             max_queue: self.params.max_queue.unwrap_or(256).max(1),
         };
         let device = placement.device.clone();
+        let telemetry = self.ctx.telemetry.clone();
         let batcher = Batcher::spawn(&model_id, limits, move |seqs| {
+            telemetry.batch(seqs.len());
             embed_batch(&model, &device, seqs).map_err(crate::internal("embedding forward pass"))
         })?;
         self.load_report = Some(LoadReport::finish(

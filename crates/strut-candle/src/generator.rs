@@ -11,10 +11,12 @@ use candle_core::Device;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use strut_model::capabilities::{
-    FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Prompt, TextGeneration, Usage,
+    FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Prompt, TextGeneration,
+    TokenizerFiles, Usage,
 };
 use strut_model::{
-    AsyncModel, Chunk, ErrorKind, InitContext, ModelError, Output, RequestContext, async_trait,
+    AsyncModel, Chunk, ErrorKind, GenerationStats, InitContext, ModelError, Output, RequestContext,
+    Telemetry, async_trait,
 };
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -115,6 +117,7 @@ impl AsyncModel for LlamaGenerator {
             tokenizer: tokenizer.clone(),
             eos_ids: loaded.eos_ids,
             device: placement.device.clone(),
+            telemetry: self.ctx.telemetry.clone(),
         };
         std::thread::Builder::new()
             .name(format!("strut-llama-{model_id}"))
@@ -215,6 +218,13 @@ impl TextGeneration for Engine {
         self.prompt_ids(prompt).map(|ids| ids.len())
     }
 
+    fn tokenizer_files(&self) -> Option<TokenizerFiles> {
+        crate::export::tokenizer_files(
+            &self.tokenizer,
+            &self.template.export_config(self.context_length),
+        )
+    }
+
     async fn generate(
         &self,
         request: GenerateRequest,
@@ -274,6 +284,7 @@ struct Worker {
     tokenizer: Arc<Tokenizer>,
     eos_ids: BTreeSet<u32>,
     device: Device,
+    telemetry: Telemetry,
 }
 
 impl Worker {
@@ -303,6 +314,8 @@ impl Worker {
         let mut detok = Detokenizer::new(&self.tokenizer);
         let mut stops = StopFilter::new(params.stop.clone());
         let mut tokens = prompt.clone();
+        let started = Instant::now();
+        let mut first_token = None;
         let mut logits = self
             .weights
             .forward(&prompt, 0, &self.device)
@@ -324,6 +337,7 @@ impl Worker {
                 .next(&logits, &tokens)
                 .map_err(crate::internal("sampling"))?;
             generated += 1;
+            first_token.get_or_insert_with(|| started.elapsed());
             tokens.push(next);
             if self.eos_ids.contains(&next) && !params.ignore_eos {
                 reason = FinishReason::Stop;
@@ -367,6 +381,13 @@ impl Worker {
             prompt_tokens: prompt.len() as u32,
             completion_tokens: generated as u32,
         };
+        let total = started.elapsed();
+        self.telemetry.generation(&GenerationStats {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            time_to_first_token: first_token.unwrap_or(total),
+            total,
+        });
         send(GenerationEvent::Finished { reason, usage });
         Ok(())
     }

@@ -17,7 +17,7 @@
 //!     gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf  # quantized weights; else safetensors + tokenizer.json
 //!     context_length: 2048           # cap below the model's own
 //!     default_max_tokens: 256        # when a request gives none
-//!     requantize: q8_0               # trade memory for speed, see crate::llama
+//!     requantize: q8_0               # CPU: Q4_1 held as Q8_0 (more memory, slower decode), see crate::llama
 //!     max_queue: 64
 //! ```
 //!

@@ -63,13 +63,15 @@ async fn greedy_answer_to_the_capital_of_france_is_paris() {
     assert!(out["usage"]["completion_tokens"].as_u64().unwrap() < 40);
 }
 
-/// Ids must equal llama.cpp's (run with an f32 KV cache, like ours) until
-/// the two implementations take different sides of a near tie: there ours
-/// must be among llama.cpp's five best, less than 0.3 logits below its
-/// choice. Two Q4_1 kernels summing in different orders differ by about that
-/// much: llama.cpp alone flips a 0.14 margin on the "dogs" prompt between
-/// batched and one-token evaluation. After such a tie the texts part, so
-/// only the ids before it are compared; most ids must be compared.
+/// At every position of llama.cpp's greedy generation (run with an f32 KV
+/// cache, like ours), given llama.cpp's tokens so far (teacher forcing), our
+/// greedy choice must be llama.cpp's, or one of its five best less than 0.3
+/// logits below its choice: two implementations summing in different orders
+/// differ by about that much (llama.cpp alone moves logits by 0.15-0.27 RMS
+/// between batched and one-token prompt evaluation, and flips a 0.14 margin
+/// on the "dogs" prompt). Checking each position on llama.cpp's path, rather
+/// than ours until the first near tie, compares all 79 positions whichever
+/// side of a 0.01 margin either implementation falls.
 #[tokio::test]
 async fn greedy_token_ids_match_the_reference_fixture() {
     const NEAR_TIE: f64 = 0.3;
@@ -77,50 +79,61 @@ async fn greedy_token_ids_match_the_reference_fixture() {
         serde_json::from_str(include_str!("fixtures/greedy_smollm2.json")).unwrap();
     let model = smollm(json!({}));
     let generation = model.text_generation().unwrap();
-    let mut exact = 0;
-    let mut total = 0;
+    let tokenizer = smollm_tokenizer();
+    let (mut exact, mut compared, mut total) = (0, 0, 0);
     for case in fixture["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
+        let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_tokens"].clone()).unwrap();
         let expected: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
         let top: Vec<Vec<(u32, f64)>> =
             serde_json::from_value(case["top5_below_best"].clone()).unwrap();
-        let prompt_len = case["prompt_tokens"].as_array().unwrap().len();
         assert_eq!(
             generation
                 .count_prompt_tokens(&Prompt::Text(prompt.into()))
                 .unwrap(),
-            prompt_len
+            prompt_ids.len()
         );
-        let got = greedy_ids(model.as_ref(), prompt, expected.len() as u32).await;
-        let mut matched = expected.len();
+        let mut matched = 0;
         for (i, want) in expected.iter().enumerate() {
-            assert!(
-                i < got.len(),
-                "{prompt:?}: stopped after {i} tokens, reference has {}",
-                expected.len()
+            total += 1;
+            // The prompt is text, so llama.cpp's tokens so far go in as text;
+            // a position whose text does not encode back to the same ids
+            // (a character split across tokens) cannot be forced.
+            let forced = format!(
+                "{prompt}{}",
+                tokenizer.decode(&expected[..i], false).unwrap()
             );
-            if got[i] != *want {
-                let below = top[i].iter().find(|(id, _)| *id == got[i]).map(|(_, d)| *d);
-                assert!(
-                    below.is_some_and(|d| d < NEAR_TIE),
-                    "{prompt:?}: token {i} is {} but llama.cpp chose {want}; its best five: {:?}",
-                    got[i],
-                    top[i]
-                );
-                matched = i;
-                break;
+            let ids = tokenizer.encode(forced.as_str(), true).unwrap();
+            if ids.get_ids() != [prompt_ids.as_slice(), &expected[..i]].concat() {
+                continue;
             }
+            compared += 1;
+            let got = greedy_ids(model.as_ref(), &forced, 1).await;
+            let got = got.first().copied().unwrap_or(2);
+            if got == *want {
+                matched += 1;
+                continue;
+            }
+            let below = top[i].iter().find(|(id, _)| *id == got).map(|(_, d)| *d);
+            assert!(
+                below.is_some_and(|d| d < NEAR_TIE),
+                "{prompt:?}: after {i} of llama.cpp's tokens ours is {got} but llama.cpp chose {want}; its best five: {:?}",
+                top[i]
+            );
         }
         println!(
-            "{prompt:?}: {matched}/{} greedy ids identical to llama.cpp",
+            "{prompt:?}: {matched}/{} greedy ids identical to llama.cpp, the others near ties",
             expected.len()
         );
         exact += matched;
-        total += expected.len();
     }
     assert!(
-        exact * 10 >= total * 7,
-        "only {exact} of {total} ids matched before a near tie"
+        compared * 10 >= total * 9,
+        "only {compared} of {total} positions could be forced"
+    );
+    assert!(
+        exact * 10 >= compared * 9,
+        "only {exact} of {compared} ids were llama.cpp's; the rest were near ties"
     );
 }
 

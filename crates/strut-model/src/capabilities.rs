@@ -107,6 +107,22 @@ pub trait TextGeneration: Send + Sync {
         request: GenerateRequest,
         ctx: &RequestContext,
     ) -> Result<GenerationStream, ModelError>;
+    /// The tokenizer as Hugging Face `tokenizers` files, so that clients
+    /// (benchmarks building prompts of N tokens) count exactly as the model
+    /// does. `None` when the model's tokenizer has no such form.
+    fn tokenizer_files(&self) -> Option<TokenizerFiles> {
+        None
+    }
+}
+
+/// What `AutoTokenizer.from_pretrained(dir)` reads from a directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizerFiles {
+    /// `tokenizer.json`.
+    pub tokenizer: String,
+    /// `tokenizer_config.json`: at least `tokenizer_class`, plus special
+    /// tokens and the chat template when the model has them.
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ModelError;
+use crate::{ModelError, Telemetry};
 
 /// Everything a model receives when it is constructed, as Truss passes
 /// `config`, `data_dir`, `secrets` and `environment` to `__init__`.
@@ -18,6 +18,9 @@ pub struct InitContext {
     pub secrets: Secrets,
     /// The environment this deployment serves, or `None` when it serves none.
     pub environment: Option<Environment>,
+    /// Where the model reports batch sizes and generation statistics; the
+    /// server sets it per deployment.
+    pub telemetry: Telemetry,
 }
 
 impl InitContext {
@@ -28,6 +31,7 @@ impl InitContext {
             data_dir: data_dir.into(),
             secrets: Secrets::default(),
             environment: None,
+            telemetry: Telemetry::default(),
         }
     }
 

@@ -18,6 +18,7 @@ mod init;
 mod model;
 mod output;
 mod registry;
+mod telemetry;
 
 pub use context::{LogLevel, LogSink, RequestContext, RequestLogger};
 pub use error::{ErrorKind, ModelError};
@@ -25,6 +26,7 @@ pub use init::{Environment, InitContext, Secrets};
 pub use model::{AsyncModel, Model, ModelInstance};
 pub use output::{Chunk, ChunkIter, ChunkStream, Output};
 pub use registry::{Registry, RegistryError};
+pub use telemetry::{GenerationStats, Telemetry, TelemetrySink};
 pub use tokio_util::sync::CancellationToken;
 
 /// Re-exported so model crates implement [`AsyncModel`] without naming the

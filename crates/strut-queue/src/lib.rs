@@ -80,6 +80,28 @@ pub struct Recovered {
     pub webhooks: usize,
 }
 
+/// How one webhook delivery attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookAttempt {
+    Delivered,
+    /// Failed; the next attempt is due at `at`.
+    Retry {
+        at: Millis,
+        error: String,
+    },
+    /// Failed for good: no attempt left, or the receiver refused the payload.
+    Failed {
+        error: String,
+    },
+}
+
+/// How much async work a deployment has (Baseten's `async_queue_status`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub queued: usize,
+    pub in_progress: usize,
+}
+
 #[async_trait]
 pub trait QueueStore: Send + Sync + 'static {
     /// Writes a new request durably; returns only once it would survive a crash.
@@ -89,14 +111,18 @@ pub trait QueueStore: Send + Sync + 'static {
     /// if one may run at `now`.
     async fn next_target(&self, now: Millis) -> Result<Option<String>, QueueError>;
 
-    /// Moves the best queued request for `target` (priority, then age) to
-    /// IN_PROGRESS and counts an attempt.
-    async fn claim_next(
+    /// Moves up to `limit` requests to IN_PROGRESS in one write, counting an
+    /// attempt each: the queue's best ones (priority, then age) as long as
+    /// they are all for `target`. A request for another target that comes
+    /// first in that order ends the batch, so claiming several at a time runs
+    /// work in the same order as claiming one at a time.
+    async fn claim(
         &self,
         target: &str,
         deployment_id: &str,
         now: Millis,
-    ) -> Result<Option<Record>, QueueError>;
+        limit: usize,
+    ) -> Result<Vec<Record>, QueueError>;
 
     /// Puts a running request back in the queue for another attempt, not before `not_before`.
     async fn retry_later(
@@ -130,14 +156,15 @@ pub trait QueueStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Record>, QueueError>;
 
-    /// A delivery attempt's result: delivered, to retry at `Some(next)`, or
-    /// failed for good (`None`).
-    async fn webhook_attempted(
+    /// Records how a delivery attempt went.
+    async fn webhook_attempted(&self, id: &str, attempt: WebhookAttempt) -> Result<(), QueueError>;
+
+    /// Requests QUEUED for any of `targets`, and IN_PROGRESS on `deployment_id`.
+    async fn counts(
         &self,
-        id: &str,
-        delivered: bool,
-        retry_at: Option<Millis>,
-    ) -> Result<(), QueueError>;
+        targets: &[String],
+        deployment_id: &str,
+    ) -> Result<QueueCounts, QueueError>;
 
     /// Deletes finished requests (webhook settled) that finished before `before`.
     async fn purge(&self, before: Millis) -> Result<usize, QueueError>;

@@ -209,6 +209,8 @@ pub struct Record {
     pub logs: Vec<LogLine>,
     pub webhook_status: WebhookStatus,
     pub webhook_attempts: u32,
+    /// Why the latest delivery attempt failed; `None` once one succeeds.
+    pub webhook_error: Option<String>,
 }
 
 #[cfg(test)]

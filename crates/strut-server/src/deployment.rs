@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use strut_model::{InitContext, Registry};
+use strut_model::{InitContext, Registry, Telemetry};
 use tokio::sync::{Notify, watch};
 
 use crate::admission::Admission;
+use crate::metrics::{Metrics, ModelTelemetry};
 use crate::runner::{LoadedModel, panic_message};
 use crate::{ApiError, Limits};
 
@@ -72,6 +73,9 @@ pub struct Deployment {
     idle: Notify,
     /// Seconds the last successful load took, for the metrics.
     load_seconds: std::sync::Mutex<Option<f64>>,
+    /// What the model reports (batches, tokens); bound to a metrics registry
+    /// when the deployment joins a server.
+    telemetry: Arc<ModelTelemetry>,
 }
 
 impl Deployment {
@@ -97,6 +101,7 @@ impl Deployment {
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             load_seconds: std::sync::Mutex::new(None),
+            telemetry: Arc::default(),
         })
     }
 
@@ -188,6 +193,11 @@ impl Deployment {
     /// How long the last successful load took.
     pub fn load_seconds(&self) -> Option<f64> {
         *self.load_seconds.lock().expect("load_seconds lock")
+    }
+
+    /// Sends what the model reports to `metrics`, labelled with this deployment.
+    pub(crate) fn attach_metrics(&self, metrics: &Metrics) {
+        self.telemetry.attach(metrics, &self.spec.id);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -299,9 +309,11 @@ impl Loader {
     fn construct_and_load(&self) -> Result<LoadedModel, String> {
         let d = &self.0;
         let spec = &d.spec;
+        let mut init = spec.init.clone();
+        init.telemetry = Telemetry::new(d.telemetry.clone());
         let mut instance = catch(|| {
             d.registry
-                .create(&spec.model_class, spec.init.clone())
+                .create(&spec.model_class, init)
                 .map_err(|e| e.to_string())
         })?;
         let attempts = d.retries + 1;

@@ -99,6 +99,39 @@ pub enum ApiError {
     NoRoute { method: String, path: String },
     #[error("server error: {0}")]
     Internal(String),
+    /// KServe's wording, which its clients match on.
+    #[error("Model with name {0} does not exist.")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The envelope of a KServe V1 or V2 request is malformed.
+    #[error("{0}")]
+    InvalidInferRequest(String),
+    #[error("{0}")]
+    InvalidTensor(String),
+    #[error("{0}")]
+    UnknownDatatype(String),
+    /// The model answered V2 with something that is not a tensor list; the
+    /// detail is logged, never sent.
+    #[error("the model's output is not a V2 inference response: {0}")]
+    InvalidModelOutput(String),
+    /// A request field with a bad value; `param` names it for OpenAI clients.
+    #[error("{message}")]
+    InvalidField { param: String, message: String },
+    /// A well-formed request field this server does not implement.
+    #[error("{message}")]
+    UnsupportedField { param: String, message: String },
+    #[error("{message}")]
+    ContextLengthExceeded {
+        param: &'static str,
+        message: String,
+    },
+    /// Truss's wording for a protocol route the model does not serve.
+    #[error("`{capability}` is not offered by model {model}")]
+    CapabilityNotSupported {
+        capability: &'static str,
+        model: String,
+    },
 }
 
 impl ApiError {
@@ -209,6 +242,36 @@ impl ApiError {
                 "internal_error",
                 TRUSS_SERVER,
             ),
+            ModelNotFound(_) => (StatusCode::NOT_FOUND, "model_not_found", TRUSS_CLIENT),
+            NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", TRUSS_CLIENT),
+            InvalidInferRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_infer_request",
+                TRUSS_CLIENT,
+            ),
+            InvalidTensor(_) => (StatusCode::BAD_REQUEST, "invalid_tensor", TRUSS_CLIENT),
+            UnknownDatatype(_) => (StatusCode::BAD_REQUEST, "unknown_datatype", TRUSS_CLIENT),
+            InvalidModelOutput(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "invalid_model_output",
+                TRUSS_MODEL,
+            ),
+            InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_parameter", TRUSS_CLIENT),
+            UnsupportedField { .. } => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_parameter",
+                TRUSS_CLIENT,
+            ),
+            ContextLengthExceeded { .. } => (
+                StatusCode::BAD_REQUEST,
+                "context_length_exceeded",
+                TRUSS_CLIENT,
+            ),
+            CapabilityNotSupported { .. } => (
+                StatusCode::NOT_FOUND,
+                "capability_not_supported",
+                TRUSS_CLIENT,
+            ),
         }
     }
 
@@ -223,9 +286,9 @@ impl ApiError {
     /// What the client is told. Internal detail stays in the log.
     pub fn public_message(&self) -> String {
         match self {
-            ApiError::ModelFailed(_) | ApiError::ModelPanicked(_) => {
-                INTERNAL_MODEL_MESSAGE.to_owned()
-            }
+            ApiError::ModelFailed(_)
+            | ApiError::ModelPanicked(_)
+            | ApiError::InvalidModelOutput(_) => INTERNAL_MODEL_MESSAGE.to_owned(),
             ApiError::Internal(_) | ApiError::Storage(_) => "Internal Server Error.".to_owned(),
             other => other.to_string(),
         }

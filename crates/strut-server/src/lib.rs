@@ -28,11 +28,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::{Admission, Permit};
+pub use axum::http::HeaderMap;
 pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP};
 pub use deployment::{Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
-pub use queue::AsyncSettings;
-pub use request::{REQUEST_ID_HEADER, TracingLogSink};
+pub use queue::{AsyncSettings, WebhookCa, WebhookCaError, install_crypto_provider};
+pub use request::{REQUEST_ID_HEADER, TraceContextHook, TracingLogSink, set_trace_context_hook};
 pub use routes::DEPLOYMENT_HEADER;
 pub use runner::LoadedModel;
 pub use secrets::{SecretsError, resolve_secrets};

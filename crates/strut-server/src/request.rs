@@ -2,10 +2,10 @@
 //! `X-Baseten-Request-Id` when sane, else a fresh UUID) on a tracing span, in
 //! the response header, and in the model's log lines.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use strut_model::{LogLevel, LogSink};
@@ -17,6 +17,19 @@ const MAX_INCOMING_ID_LEN: usize = 128;
 
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
+
+/// Links a request's span to the caller's trace, from headers such as W3C
+/// `traceparent`. The server knows no tracing backend, so whoever installs
+/// one (the binary, with its `otel` feature) installs this too.
+pub type TraceContextHook = fn(&HeaderMap, &tracing::Span);
+
+static TRACE_CONTEXT: OnceLock<TraceContextHook> = OnceLock::new();
+
+/// Process-wide, like the tracing subscriber it belongs with; false when one
+/// was already installed.
+pub fn set_trace_context_hook(hook: TraceContextHook) -> bool {
+    TRACE_CONTEXT.set(hook).is_ok()
+}
 
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let id: Arc<str> = INCOMING_HEADERS
@@ -31,6 +44,9 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path(),
     );
+    if let Some(hook) = TRACE_CONTEXT.get() {
+        hook(request.headers(), &span);
+    }
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "responded"));

@@ -119,7 +119,9 @@ where
     }
 }
 
-async fn guarded<T>(work: impl Future<Output = Result<T, ModelError>>) -> Result<T, ApiError> {
+pub(crate) async fn guarded<T>(
+    work: impl Future<Output = Result<T, ModelError>>,
+) -> Result<T, ApiError> {
     match AssertUnwindSafe(work).catch_unwind().await {
         Ok(result) => result.map_err(ApiError::from),
         Err(panic) => Err(ApiError::ModelPanicked(panic_message(&*panic))),

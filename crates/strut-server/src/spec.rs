@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strut_config::{Diagnostic, LoadedConfig, Severity, ValidateOptions};
-use strut_model::{Environment, InitContext, Registry};
+use strut_model::{Environment, InitContext, Registry, Telemetry};
 
 use crate::deployment::DeploymentSpec;
 use crate::secrets::{SecretsError, resolve_secrets};
@@ -87,6 +87,7 @@ pub fn spec_for(
         data_dir: loaded.data_dir(),
         secrets,
         environment: options.environment.map(Environment::named),
+        telemetry: Telemetry::default(),
     };
     Ok(DeploymentSpec {
         id,

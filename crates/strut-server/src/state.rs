@@ -134,6 +134,7 @@ impl AppState {
     }
 
     pub fn add_deployment(&self, deployment: Arc<Deployment>) {
+        deployment.attach_metrics(self.metrics());
         let mut deployments = self.inner.deployments.write().expect("deployments lock");
         deployments.insert(deployment.id().to_owned(), deployment);
     }

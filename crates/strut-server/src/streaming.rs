@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
-use strut_model::{Chunk, ChunkIter, ChunkStream};
+use strut_model::{Chunk, ChunkIter, ChunkStream, ModelError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Span;
@@ -29,20 +29,39 @@ const CHANNEL_DEPTH: usize = 16;
 pub fn byte_stream(stream: ChunkStream, gap: Duration) -> ByteStream {
     let inner: ByteStream = match stream {
         ChunkStream::Blocking(iter) => drain_on_blocking_thread(iter),
-        ChunkStream::Async(s) => AssertUnwindSafe(s)
-            .catch_unwind()
-            .map(|item| match item {
-                Ok(chunk) => chunk.map(Chunk::into_bytes).map_err(ApiError::from),
-                Err(panic) => Err(ApiError::ModelPanicked(panic_message(&*panic))),
-            })
-            .boxed(),
+        ChunkStream::Async(s) => catch_model_stream(s.map_ok(Chunk::into_bytes)),
     };
-    stream::unfold((inner, false), move |(mut inner, ended)| async move {
+    stop_on_stall(inner, gap)
+}
+
+/// A model's async stream with its errors, and a panic while polling it,
+/// turned into the server's errors.
+pub(crate) fn catch_model_stream<T, S>(stream: S) -> BoxStream<'static, Result<T, ApiError>>
+where
+    T: Send + 'static,
+    S: futures::Stream<Item = Result<T, ModelError>> + Send + 'static,
+{
+    AssertUnwindSafe(stream)
+        .catch_unwind()
+        .map(|item| match item {
+            Ok(item) => item.map_err(ApiError::from),
+            Err(panic) => Err(ApiError::ModelPanicked(panic_message(&*panic))),
+        })
+        .boxed()
+}
+
+/// Ends `stream` after its first error, and with [`ApiError::StreamStalled`]
+/// when no item comes for `gap`.
+pub(crate) fn stop_on_stall<T: Send + 'static>(
+    stream: BoxStream<'static, Result<T, ApiError>>,
+    gap: Duration,
+) -> BoxStream<'static, Result<T, ApiError>> {
+    stream::unfold((stream, false), move |(mut inner, ended)| async move {
         if ended {
             return None;
         }
         match tokio::time::timeout(gap, inner.next()).await {
-            Ok(Some(Ok(bytes))) => Some((Ok(bytes), (inner, false))),
+            Ok(Some(Ok(item))) => Some((Ok(item), (inner, false))),
             Ok(Some(Err(err))) => Some((Err(err), (inner, true))),
             Ok(None) => None,
             Err(_) => Some((Err(ApiError::StreamStalled(gap.as_secs())), (inner, true))),

@@ -4,6 +4,7 @@
 
 mod cmd_config;
 mod cmd_init;
+mod cmd_tokenizer;
 mod deploy_cli;
 mod logging;
 mod models;
@@ -56,6 +57,11 @@ enum Command {
     Promote(deploy_cli::PromoteArgs),
     /// Point an environment back at its previous deployment.
     Rollback(deploy_cli::RollbackArgs),
+    /// Work with the model's tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
     /// List deployments or read the deploy log of a running server.
     Deployments {
         #[command(subcommand)]
@@ -69,8 +75,17 @@ enum ConfigCommand {
     Validate(cmd_config::ValidateArgs),
 }
 
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Write the model's tokenizer as a Hugging Face tokenizer directory
+    /// (tokenizer.json, tokenizer_config.json), e.g. for genai-bench's --model-tokenizer.
+    Export(cmd_tokenizer::ExportArgs),
+}
+
 /// Parses the command line and runs it, serving the models in `registry`.
 pub fn main_with(registry: Registry) -> ExitCode {
+    // Every reqwest client (webhooks, push, predict) can then speak https.
+    strut_server::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -85,6 +100,9 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Promote(args) => deploy_cli::promote(&args),
         Command::Rollback(args) => deploy_cli::rollback(&args),
         Command::Deployments { command } => deploy_cli::deployments(&command),
+        Command::Tokenizer {
+            command: TokenizerCommand::Export(args),
+        } => cmd_tokenizer::export(&args, &registry),
         Command::Init(args) => match cmd_init::init(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -51,6 +51,7 @@ mod otel {
     use opentelemetry::trace::TracerProvider;
     use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_subscriber::Layer;
 
@@ -99,6 +100,32 @@ mod otel {
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("strut"))
             .boxed();
+        strut_server::set_trace_context_hook(continue_trace);
         (Some(layer), Some(Guard(provider)))
+    }
+
+    /// A request that carries W3C `traceparent` joins the caller's trace, so
+    /// a gateway's span and strut's request span show as one trace.
+    fn continue_trace(headers: &strut_server::HeaderMap, span: &tracing::Span) {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if !headers.contains_key("traceparent") {
+            return;
+        }
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        // Fails only when no OpenTelemetry layer sees the span; then there is nothing to link.
+        let _ = span.set_parent(parent);
+    }
+
+    struct Headers<'a>(&'a strut_server::HeaderMap);
+
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key)?.to_str().ok()
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
     }
 }

@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use strut_model::Registry;
 use strut_queue::{Durability, SqliteStore};
-use strut_server::{ApiKeys, AsyncSettings, ControlSettings, Limits, Server, TracingLogSink};
+use strut_server::{
+    ApiKeys, AsyncSettings, ControlSettings, Limits, Server, TracingLogSink, WebhookCa,
+};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -93,6 +95,14 @@ pub struct ServeArgs {
     /// Seconds one webhook delivery attempt may take.
     #[arg(long, env = "STRUT_WEBHOOK_TIMEOUT", default_value_t = 10)]
     pub webhook_timeout: u64,
+    /// PEM file of CA certificates that https webhook receivers may use,
+    /// besides the system's (for private receivers).
+    #[arg(long, env = "STRUT_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Most queued async requests claimed in one store write (never more
+    /// than the free async slots); 1 claims one per commit.
+    #[arg(long, env = "STRUT_ASYNC_CLAIM_BATCH", default_value_t = AsyncSettings::default().claim_batch)]
+    pub async_claim_batch: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -133,9 +143,15 @@ impl ServeArgs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
+        let webhook_ca = match &self.webhook_ca_file {
+            Some(path) => Some(WebhookCa::from_pem_file(path).context("--webhook-ca-file")?),
+            None => None,
+        };
         Ok(AsyncSettings {
             share: self.async_share,
             max_unfinished: self.async_max_queued,
+            claim_batch: self.async_claim_batch.max(1),
+            webhook_ca,
             webhook_secrets,
             webhook_max_attempts: self.webhook_max_attempts.max(1),
             webhook_initial_backoff: Duration::from_millis(self.webhook_retry_initial_ms),

@@ -124,8 +124,33 @@ impl Running {
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest's rustls has no provider of its own; the binary installs ring.
+    strut_server::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// A repository model directory (real weights from scripts/fetch-models.sh)
+/// served in-process as the binary registers it, behind production.
+pub async fn serve_model_dir(dir: &str) -> (axum::Router, Arc<Deployment>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
+    let (loaded, _) = strut_server::load_validated(&path).expect("config validates");
+    let registry = strut::builtin_registry();
+    let secrets = tempfile::tempdir().unwrap();
+    let options = strut_server::SpecOptions {
+        secrets_dir: secrets.path(),
+        environment: None,
+    };
+    let id = format!("test-{dir}").replace('/', "-");
+    let spec = strut_server::spec_for(&loaded, id, &registry, &options).unwrap();
+    let server = Server::new(limits());
+    let deployment = server.deploy(spec, &registry, &[PRODUCTION]);
+    if let Err(err) = deployment.loaded().await {
+        panic!("{dir} did not load ({err}); run scripts/fetch-models.sh first");
+    }
+    (server.router(), deployment)
 }

@@ -235,3 +235,312 @@ pub fn registry(probe: &Arc<Probe>) -> Registry {
     });
     registry
 }
+
+/// What the OpenAI test models saw.
+#[derive(Default)]
+pub struct TalkProbe {
+    pub requests: Mutex<Vec<strut_model::capabilities::GenerateRequest>>,
+    pub cancelled: AtomicUsize,
+}
+
+/// A deterministic model with the OpenAI capabilities and no weights: it
+/// says [`Talker::WORDS`] then ends, and honours `max_tokens`, `stop` and
+/// `ignore_eos`. The prompt scripts failures: `refuse` (before generating),
+/// `fail-first`, `fail-mid`, `panic-mid`, and `slow` (50 ms a token).
+pub struct Talker {
+    probe: Arc<TalkProbe>,
+    generates: bool,
+    embeds: bool,
+}
+
+impl Talker {
+    pub const WORDS: [&'static str; 8] = ["Hello", ",", " world", "!", " How", " are", " you", "?"];
+    pub const CONTEXT: usize = 64;
+    pub const DIMENSIONS: usize = 3;
+}
+
+#[async_trait]
+impl AsyncModel for Talker {
+    async fn predict(&self, input: Value, _: &RequestContext) -> Result<Output, ModelError> {
+        Ok(Output::Json(json!({"talker": input})))
+    }
+
+    fn text_generation(&self) -> Option<Arc<dyn strut_model::capabilities::TextGeneration>> {
+        self.generates
+            .then(|| Arc::new(Talk(self.probe.clone())) as _)
+    }
+
+    fn embeddings(&self) -> Option<Arc<dyn strut_model::capabilities::Embeddings>> {
+        self.embeds.then(|| Arc::new(Talk(self.probe.clone())) as _)
+    }
+}
+
+struct Talk(Arc<TalkProbe>);
+
+/// One token a word, plus one for each message's role.
+fn words(prompt: &strut_model::capabilities::Prompt) -> usize {
+    use strut_model::capabilities::Prompt;
+    match prompt {
+        Prompt::Text(text) => text.split_whitespace().count(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| 1 + m.content.split_whitespace().count())
+            .sum(),
+    }
+}
+
+fn last_text(prompt: &strut_model::capabilities::Prompt) -> String {
+    use strut_model::capabilities::Prompt;
+    match prompt {
+        Prompt::Text(text) => text.clone(),
+        Prompt::Chat(messages) => messages
+            .last()
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Emits text as it becomes safe from a stop sequence: the longest tail
+/// that could still start one is held back.
+struct StopText {
+    stops: Vec<String>,
+    text: String,
+    sent: usize,
+}
+
+impl StopText {
+    /// The text now safe to send, and whether a stop sequence matched.
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
+            let out = self.text[self.sent..at.max(self.sent)].to_owned();
+            self.sent = self.text.len();
+            return (out, true);
+        }
+        let held = (1..=self.text.len() - self.sent)
+            .rev()
+            .find(|&n| {
+                let tail = &self.text[self.text.len() - n..];
+                self.stops.iter().any(|s| s.starts_with(tail))
+            })
+            .unwrap_or(0);
+        let safe = self.text.len() - held;
+        let out = self.text[self.sent..safe].to_owned();
+        self.sent = safe;
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let out = self.text[self.sent..].to_owned();
+        self.sent = self.text.len();
+        out
+    }
+}
+
+impl StopText {
+    fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            text: String::new(),
+            sent: 0,
+        }
+    }
+}
+
+/// Everything a generation will say, worked out up front: the talker is
+/// deterministic, only failures and pacing happen while streaming.
+fn script(
+    params: &strut_model::capabilities::SamplingParams,
+    prompt_tokens: u32,
+) -> Vec<strut_model::capabilities::GenerationEvent> {
+    use strut_model::capabilities::{FinishReason, GenerationEvent, Usage};
+    let max = params.max_tokens.map_or(16, |m| m as usize);
+    let mut stops = StopText::new(params.stop.clone());
+    let mut events = Vec::new();
+    let mut n = 0;
+    let mut stop_hit = false;
+    let reason = loop {
+        if n == max {
+            break FinishReason::Length;
+        }
+        if n == Talker::WORDS.len() && !params.ignore_eos {
+            break FinishReason::Stop;
+        }
+        let id = n % Talker::WORDS.len();
+        n += 1;
+        // Held-back text makes an empty token, as a real detokenizer's does.
+        let (text, stopped) = stops.push(Talker::WORDS[id]);
+        events.push(GenerationEvent::Token {
+            id: id as u32,
+            text,
+        });
+        if stopped {
+            stop_hit = true;
+            break FinishReason::Stop;
+        }
+    };
+    let tail = if stop_hit {
+        String::new()
+    } else {
+        stops.flush()
+    };
+    if !tail.is_empty() {
+        events.push(GenerationEvent::Token { id: 0, text: tail });
+    }
+    events.push(GenerationEvent::Finished {
+        reason,
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens: n as u32,
+        },
+    });
+    events
+}
+
+#[async_trait]
+impl strut_model::capabilities::TextGeneration for Talk {
+    fn model_id(&self) -> &str {
+        "test-talker"
+    }
+
+    fn context_length(&self) -> usize {
+        Talker::CONTEXT
+    }
+
+    fn count_prompt_tokens(
+        &self,
+        prompt: &strut_model::capabilities::Prompt,
+    ) -> Result<usize, ModelError> {
+        match words(prompt) {
+            0 => Err(ModelError::invalid_input("the prompt is empty")),
+            n => Ok(n),
+        }
+    }
+
+    async fn generate(
+        &self,
+        request: strut_model::capabilities::GenerateRequest,
+        ctx: &RequestContext,
+    ) -> Result<strut_model::capabilities::GenerationStream, ModelError> {
+        self.0.requests.lock().unwrap().push(request.clone());
+        let prompt = last_text(&request.prompt);
+        if prompt.contains("refuse") {
+            return Err(ModelError::invalid_input("the talker refuses this prompt"));
+        }
+        let events = script(&request.params, words(&request.prompt) as u32);
+        let fail_at = if prompt.contains("fail-first") {
+            Some(0)
+        } else if prompt.contains("fail-mid") {
+            Some(2)
+        } else {
+            None
+        };
+        let panic_at = prompt.contains("panic-mid").then_some(2);
+        let delay = Duration::from_millis(if prompt.contains("slow") { 50 } else { 0 });
+        let ctx = ctx.clone();
+        let abandoned = Abandoned {
+            probe: self.0.clone(),
+            done: false,
+        };
+        let state = (events.into_iter().enumerate(), abandoned);
+        let stream = futures::stream::unfold(state, move |(mut events, mut abandoned)| {
+            let ctx = ctx.clone();
+            async move {
+                if abandoned.done {
+                    return None;
+                }
+                let (i, event) = events.next()?;
+                if i > 0 && !delay.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = ctx.cancelled() => return None,
+                    }
+                }
+                if Some(i) == panic_at {
+                    panic!("talker bug mid-stream");
+                }
+                if Some(i) == fail_at {
+                    abandoned.done = true;
+                    let err = ModelError::internal("GPU fell off the bus");
+                    return Some((Err(err), (events, abandoned)));
+                }
+                abandoned.done = events.len() == 0;
+                Some((Ok(event), (events, abandoned)))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// Counts a generation stopped before its end: the server dropped its
+/// stream (the client went away) or cancelled its context.
+struct Abandoned {
+    probe: Arc<TalkProbe>,
+    done: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.done {
+            self.probe.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Three dimensions: the text's length, 0.1 (not exact in binary, so a
+/// base64 round trip is checked bit for bit) and -0.25.
+#[async_trait]
+impl strut_model::capabilities::Embeddings for Talk {
+    fn model_id(&self) -> &str {
+        "test-embedder"
+    }
+
+    fn dimensions(&self) -> usize {
+        Talker::DIMENSIONS
+    }
+
+    async fn embed(
+        &self,
+        texts: Vec<String>,
+        _: &RequestContext,
+    ) -> Result<strut_model::capabilities::EmbedOutput, ModelError> {
+        if texts.iter().any(|t| t.trim().is_empty()) {
+            return Err(ModelError::invalid_input("a text is empty"));
+        }
+        let prompt_tokens = texts
+            .iter()
+            .map(|t| t.split_whitespace().count())
+            .sum::<usize>();
+        Ok(strut_model::capabilities::EmbedOutput {
+            embeddings: texts
+                .iter()
+                .map(|t| vec![t.len() as f32, 0.1, -0.25])
+                .collect(),
+            prompt_tokens: prompt_tokens as u32,
+        })
+    }
+}
+
+/// `Talker` (generation), `Embedder` (embeddings) and `TalkerEmbedder`
+/// (both), reporting to `probe`.
+pub fn register_talkers(registry: &mut Registry, probe: &Arc<TalkProbe>) {
+    for (class, generates, embeds) in [
+        ("Talker", true, false),
+        ("Embedder", false, true),
+        ("TalkerEmbedder", true, true),
+    ] {
+        let probe = probe.clone();
+        registry.register_async(class, move |_| {
+            Ok(Talker {
+                probe: probe.clone(),
+                generates,
+                embeds,
+            })
+        });
+    }
+}

@@ -1,19 +1,26 @@
-//! Async-inference harness: a real webhook receiver on loopback that can be
-//! told to fail, signature checks done independently of the server, and a
-//! library server with the async queue enabled.
+//! Async-inference harness: a real webhook receiver on loopback (http, or
+//! https with a certificate made here) that can be told to fail, signature
+//! checks done independently of the server, and a library server with the
+//! async queue enabled.
 
+use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Version};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use strut_queue::{Durability, SqliteStore};
 use strut_server::{AsyncSettings, Deployment, DeploymentSpec};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
 
 use super::{Probe, Running};
 
@@ -25,6 +32,7 @@ pub struct Delivery {
     pub body: Value,
     /// The status the receiver answered.
     pub answered: u16,
+    pub version: Version,
 }
 
 #[derive(Default)]
@@ -35,21 +43,58 @@ pub struct Receiver {
     pub fail_next: AtomicUsize,
     /// Answer 500 until this instant.
     pub down_until: Mutex<Option<Instant>>,
+    /// TLS handshakes that failed (a client that did not trust the certificate).
+    pub handshake_failures: AtomicUsize,
+    /// Take (record) this many more payloads but hold the answer back until
+    /// `release` fires: the sender cannot know they arrived.
+    pub hold_next: AtomicUsize,
+    pub release: tokio::sync::Notify,
 }
 
 impl Receiver {
     pub async fn start() -> Arc<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let receiver = Arc::new(Self {
             url,
             ..Self::default()
         });
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(receiver.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        tokio::spawn(axum::serve(listener, receiver.app()).into_future());
         receiver
+    }
+
+    /// An https receiver whose certificate for 127.0.0.1 is self-signed,
+    /// made now; returns it with that certificate in PEM, for a client to trust.
+    pub async fn start_tls() -> (Arc<Self>, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], key.into())
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/hook", tcp.local_addr().unwrap());
+        let receiver = Arc::new(Self {
+            url,
+            ..Self::default()
+        });
+        let listener = TlsListener {
+            tcp,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            receiver: receiver.clone(),
+        };
+        tokio::spawn(axum::serve(listener, receiver.app()).into_future());
+        (receiver, made.cert.pem())
+    }
+
+    fn app(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(self.clone())
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
@@ -88,8 +133,43 @@ impl Receiver {
     }
 }
 
+/// TCP with a TLS handshake per connection; a failed handshake is counted
+/// and the connection dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    receiver: Arc<Receiver>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                _ => {
+                    self.receiver
+                        .handshake_failures
+                        .fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 async fn receive(
     State(receiver): State<Arc<Receiver>>,
+    version: Version,
     headers: HeaderMap,
     raw: Bytes,
 ) -> StatusCode {
@@ -108,13 +188,22 @@ async fn receive(
     } else {
         StatusCode::OK
     };
+    let hold = !failing
+        && receiver
+            .hold_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     receiver.deliveries.lock().unwrap().push(Delivery {
         headers,
         raw,
         body,
         answered: status.as_u16(),
+        version,
     });
+    if hold {
+        let _ = tokio::time::timeout(Duration::from_secs(30), receiver.release.notified()).await;
+    }
     status
 }
 

@@ -1,7 +1,10 @@
 use serde_json::json;
 
 use super::*;
-use crate::LogLine;
+use crate::{
+    Cancel, Enqueued, ErrorEntry, LogLine, Millis, NewRequest, Outcome, Protocol, QueueCounts,
+    QueueStore, Record, Recovered, RetryConfig, Status, WebhookAttempt, WebhookStatus,
+};
 
 fn request(id: &str, priority: u8, created_ms: Millis) -> NewRequest {
     NewRequest {
@@ -21,6 +24,12 @@ fn request(id: &str, priority: u8, created_ms: Millis) -> NewRequest {
     }
 }
 
+async fn claim_one(store: &SqliteStore, target: &str, now: Millis) -> Option<Record> {
+    let mut claimed = store.claim(target, "d", now, 1).await.unwrap();
+    assert!(claimed.len() <= 1);
+    claimed.pop()
+}
+
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("queue.sqlite3"), Durability::Full).unwrap();
@@ -35,7 +44,7 @@ async fn claims_by_priority_then_age_and_finishes_exactly_once() {
     }
     assert_eq!(store.unfinished(), 4);
     let mut order = Vec::new();
-    while let Some(r) = store.claim_next("env:production", "dep", 10).await.unwrap() {
+    while let Some(r) = claim_one(&store, "env:production", 10).await {
         assert_eq!((r.status, r.attempts), (Status::InProgress, 1));
         order.push(r.id);
     }
@@ -88,26 +97,14 @@ async fn recovery_retries_or_fails_running_requests_and_keeps_the_queue() {
         for id in ["once", "twice", "waiting"] {
             store.enqueue(request(id, 0, 0)).await.unwrap();
         }
-        store
-            .claim_next("env:production", "d", 1)
-            .await
-            .unwrap()
-            .unwrap();
+        claim_one(&store, "env:production", 1).await.unwrap();
         store
             .retry_later("once", 0, ErrorEntry::new("E", "e"))
             .await
             .unwrap();
         // "once" is claimed a second time (its last attempt), "twice" its first.
-        store
-            .claim_next("env:production", "d", 2)
-            .await
-            .unwrap()
-            .unwrap();
-        store
-            .claim_next("env:production", "d", 3)
-            .await
-            .unwrap()
-            .unwrap();
+        claim_one(&store, "env:production", 2).await.unwrap();
+        claim_one(&store, "env:production", 3).await.unwrap();
     }
     let store = SqliteStore::open(&path, Durability::Full).unwrap();
     let recovered = store.recover(100).await.unwrap();
@@ -129,12 +126,19 @@ async fn recovery_retries_or_fails_running_requests_and_keeps_the_queue() {
         store.webhooks_due(150, 300, 10).await.unwrap().is_empty(),
         "leased"
     );
+    let error = "the receiver answered 500 Internal Server Error".to_owned();
     store
-        .webhook_attempted(&due[0].id, false, None)
+        .webhook_attempted(
+            &due[0].id,
+            WebhookAttempt::Failed {
+                error: error.clone(),
+            },
+        )
         .await
         .unwrap();
     let failed = store.get(&due[0].id).await.unwrap().unwrap();
     assert_eq!(failed.webhook_status, WebhookStatus::Failed);
+    assert_eq!(failed.webhook_error, Some(error));
     assert_eq!(
         failed.status,
         Status::Failed,
@@ -156,11 +160,7 @@ async fn cancel_and_expire_only_touch_queued_requests() {
     store.enqueue(request("q", 0, 0)).await.unwrap();
     store.enqueue(request("r", 0, 0)).await.unwrap();
     store.enqueue(request("old", 1, 0)).await.unwrap();
-    let running = store
-        .claim_next("env:production", "d", 1)
-        .await
-        .unwrap()
-        .unwrap();
+    let running = claim_one(&store, "env:production", 1).await.unwrap();
     assert_eq!(store.cancel(&running.id, 2).await.unwrap(), Cancel::Running);
     assert_eq!(store.cancel("r", 2).await.unwrap(), Cancel::Canceled);
     assert_eq!(
@@ -190,4 +190,123 @@ async fn concurrent_enqueues_share_commits() {
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.unfinished(), 500);
+}
+
+#[tokio::test]
+async fn a_batch_claim_takes_the_queue_head_and_stops_at_another_target() {
+    let (_dir, store) = store();
+    let on = |id: &str, target: &str, priority| NewRequest {
+        target: target.into(),
+        ..request(id, priority, 0)
+    };
+    for r in [
+        on("p1", "env:production", 0),
+        on("p2", "env:production", 0),
+        on("d1", "deployment:x", 0),
+        on("p3", "env:production", 0),
+        on("late", "env:production", 2),
+    ] {
+        store.enqueue(r).await.unwrap();
+    }
+    let ids = |records: Vec<Record>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    // d1 came before p3: the batch ends there, whatever the limit.
+    let batch = store.claim("env:production", "dep-a", 1, 10).await.unwrap();
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.status == Status::InProgress && r.attempts == 1)
+    );
+    assert!(
+        batch
+            .iter()
+            .all(|r| r.deployment_id.as_deref() == Some("dep-a"))
+    );
+    assert_eq!(ids(batch), ["p1", "p2"]);
+    assert!(
+        store
+            .claim("env:production", "dep-a", 1, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "d1 is next in line"
+    );
+    assert_eq!(
+        ids(store.claim("deployment:x", "x", 1, 10).await.unwrap()),
+        ["d1"]
+    );
+    assert_eq!(
+        ids(store.claim("env:production", "dep-a", 1, 1).await.unwrap()),
+        ["p3"],
+        "never more than the limit"
+    );
+    let counts = store
+        .counts(&["env:production".into(), "deployment:x".into()], "dep-a")
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        QueueCounts {
+            queued: 1,
+            in_progress: 3
+        }
+    );
+    let counts = store.counts(&["deployment:x".into()], "x").await.unwrap();
+    assert_eq!(
+        counts,
+        QueueCounts {
+            queued: 0,
+            in_progress: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn webhook_errors_are_kept_until_a_delivery_succeeds() {
+    let (_dir, store) = store();
+    store.enqueue(request("w", 0, 0)).await.unwrap();
+    claim_one(&store, "env:production", 1).await.unwrap();
+    let done = Outcome {
+        status: Status::Succeeded,
+        output: None,
+        errors: vec![],
+        logs: vec![],
+    };
+    store.finish("w", done, 2).await.unwrap();
+    let error = "TLS handshake failed: invalid peer certificate: UnknownIssuer".to_owned();
+    let retry = WebhookAttempt::Retry {
+        at: 5,
+        error: error.clone(),
+    };
+    store.webhook_attempted("w", retry).await.unwrap();
+    let w = store.get("w").await.unwrap().unwrap();
+    assert_eq!(
+        (w.webhook_status, w.webhook_attempts, w.webhook_error),
+        (WebhookStatus::Pending, 1, Some(error))
+    );
+    store
+        .webhook_attempted("w", WebhookAttempt::Delivered)
+        .await
+        .unwrap();
+    let w = store.get("w").await.unwrap().unwrap();
+    assert_eq!(
+        (w.webhook_status, w.webhook_attempts, w.webhook_error),
+        (WebhookStatus::Succeeded, 2, None)
+    );
+}
+
+#[tokio::test]
+async fn a_file_from_before_webhook_errors_gains_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.sqlite3");
+    {
+        let old = Connection::open(&path).unwrap();
+        let schema = SCHEMA.replace(",\n    webhook_error TEXT", "");
+        assert_ne!(schema, SCHEMA, "the old schema lacks the column");
+        old.execute_batch(&schema).unwrap();
+    }
+    let store = SqliteStore::open(&path, Durability::Full).unwrap();
+    store.enqueue(request("old", 0, 0)).await.unwrap();
+    assert_eq!(store.get("old").await.unwrap().unwrap().webhook_error, None);
+    drop(store);
+    SqliteStore::open(&path, Durability::Full).expect("opening twice migrates once");
 }

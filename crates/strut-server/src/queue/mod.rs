@@ -5,6 +5,7 @@
 //! predictions) only submit, read and cancel.
 
 pub(crate) mod logs;
+mod tls;
 mod webhook;
 mod worker;
 
@@ -21,6 +22,7 @@ use crate::AppState;
 use crate::deployment::Deployment;
 use logs::Capture;
 
+pub use tls::{WebhookCa, WebhookCaError, install_crypto_provider};
 pub(crate) use webhook::cog_event;
 pub(crate) use worker::{cog_snapshot, output_of, rfc3339};
 
@@ -32,6 +34,9 @@ pub struct AsyncSettings {
     pub share: f64,
     /// Requests queued or running, all deployments together; past it 429.
     pub max_unfinished: usize,
+    /// Most requests the dispatcher claims in one store write (it never
+    /// claims more than it has free async slots for); 1 claims one per commit.
+    pub claim_batch: usize,
     /// Largest async request body (Baseten allows 256 KiB).
     pub max_body_bytes: usize,
     /// Webhook signing secrets, newest first; each adds one `v1=` entry.
@@ -42,6 +47,8 @@ pub struct AsyncSettings {
     pub webhook_max_backoff: Duration,
     /// Time allowed for one delivery attempt.
     pub webhook_timeout: Duration,
+    /// CA certificates https receivers may use besides the system's.
+    pub webhook_ca: Option<WebhookCa>,
     /// How long finished requests stay queryable.
     pub retention: Duration,
 }
@@ -51,12 +58,14 @@ impl Default for AsyncSettings {
         Self {
             share: 0.5,
             max_unfinished: 100_000,
+            claim_batch: 64,
             max_body_bytes: 256 * 1024,
             webhook_secrets: Vec::new(),
             webhook_max_attempts: 6,
             webhook_initial_backoff: Duration::from_secs(1),
             webhook_max_backoff: Duration::from_secs(60),
             webhook_timeout: Duration::from_secs(10),
+            webhook_ca: None,
             retention: Duration::from_secs(24 * 3600),
         }
     }
@@ -101,11 +110,7 @@ impl Running {
 
 impl AsyncQueue {
     pub(crate) fn new(store: Arc<dyn QueueStore>, settings: AsyncSettings) -> Arc<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.webhook_timeout)
-            .user_agent(concat!("strut/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("building the webhook HTTP client");
+        let http = tls::webhook_client(settings.webhook_timeout, settings.webhook_ca.as_ref());
         Arc::new(Self {
             store,
             settings,

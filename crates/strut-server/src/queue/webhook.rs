@@ -4,6 +4,13 @@
 //! backoff with jitter), so a slow or dead receiver delays nobody else, and
 //! a restart delivers what was not yet delivered. Cog's progress events
 //! (start, output, logs) are best effort: one attempt each.
+//!
+//! Delivery is at least once, not exactly once: a receiver's 2xx and the
+//! store's record of it cannot be one atomic step. If the process dies after
+//! the receiver answered and before that record is committed (one group
+//! commit, milliseconds), the next start sends the webhook again. Receivers
+//! dedupe on the request id (`X-BASETEN-REQUEST-ID`, the payload's
+//! `request_id` or Cog's `id`); the payload is the same every time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +18,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use strut_queue::{Outcome, Protocol, Record, now_ms};
+use strut_queue::{Outcome, Protocol, Record, WebhookAttempt, now_ms};
 use tokio::sync::Semaphore;
 
 use super::worker::{cog_snapshot, rfc3339};
@@ -95,36 +102,55 @@ async fn deliver(queue: &AsyncQueue, record: Record) {
         Protocol::Baseten => baseten_payload(&record),
         Protocol::Cog => cog_snapshot(&record, None),
     };
-    let delivered = post(queue, &url, &record.id, &body).await;
+    let sent = HttpHandle::of(queue).send(&url, &record.id, &body).await;
     let settings = &queue.settings;
     let attempts = record.webhook_attempts + 1;
-    let retry_at = match delivered {
-        Ok(()) => None,
-        Err(_) if attempts >= settings.webhook_max_attempts => None,
-        Err(retry) if !retry => None,
-        Err(_) => Some(now_ms() + backoff(settings, attempts).as_millis() as i64),
-    };
-    match (&delivered, retry_at) {
-        (Ok(()), _) => tracing::info!(request_id = %record.id, attempts, "webhook delivered"),
-        (Err(_), Some(_)) => {
-            tracing::warn!(request_id = %record.id, attempts, "webhook failed; will retry")
+    let attempt = match sent {
+        Ok(()) => WebhookAttempt::Delivered,
+        Err(failure) if failure.retry && attempts < settings.webhook_max_attempts => {
+            let at = now_ms() + backoff(settings, attempts).as_millis() as i64;
+            WebhookAttempt::Retry {
+                at,
+                error: failure.message,
+            }
         }
-        (Err(_), None) => {
-            tracing::error!(request_id = %record.id, attempts, "webhook failed for good")
+        Err(failure) => WebhookAttempt::Failed {
+            error: failure.message,
+        },
+    };
+    // Recorded before anything else: until this commits, a crash means the
+    // receiver gets this webhook again (see the module's note).
+    let recorded = queue
+        .store
+        .webhook_attempted(&record.id, attempt.clone())
+        .await;
+    match &attempt {
+        WebhookAttempt::Delivered => {
+            tracing::info!(request_id = %record.id, attempts, "webhook delivered")
+        }
+        WebhookAttempt::Retry { error, .. } => {
+            tracing::warn!(request_id = %record.id, attempts, receiver = %origin(&url), "webhook failed; will retry: {error}")
+        }
+        WebhookAttempt::Failed { error } => {
+            tracing::error!(request_id = %record.id, attempts, receiver = %origin(&url), "webhook failed for good: {error}")
         }
     }
-    if let Err(err) = queue
-        .store
-        .webhook_attempted(&record.id, delivered.is_ok(), retry_at)
-        .await
-    {
+    if let Err(err) = recorded {
         tracing::error!(request_id = %record.id, "recording a webhook attempt: {err}");
     }
 }
 
-/// One POST; `Err(true)` when another attempt may succeed.
-async fn post(queue: &AsyncQueue, url: &str, id: &str, body: &Value) -> Result<(), bool> {
-    HttpHandle::of(queue).send(url, id, body).await
+/// Scheme, host and port only: a webhook URL's path or query may carry a
+/// token, which has no place in the server's log.
+fn origin(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+/// One best-effort POST (Cog's progress events).
+async fn post(queue: &AsyncQueue, url: &str, id: &str, body: &Value) {
+    HttpHandle::of(queue).post(url, id, body).await;
 }
 
 /// Exponential backoff with full jitter in [d/2, d], so receivers that come
@@ -189,7 +215,7 @@ impl CogProgress<'_> {
             return;
         };
         if self.wants(EVENT_START) {
-            let _ = post(self.queue, &url, &self.record.id, &self.processing()).await;
+            post(self.queue, &url, &self.record.id, &self.processing()).await;
         }
         if self.wants(EVENT_LOGS) {
             let (running, id) = (self.running.clone(), self.record.id.clone());
@@ -223,7 +249,7 @@ impl CogProgress<'_> {
         {
             let mut snapshot = self.processing();
             snapshot["output"] = output.clone();
-            let _ = post(self.queue, url, &self.record.id, &snapshot).await;
+            post(self.queue, url, &self.record.id, &snapshot).await;
         }
     }
 }
@@ -243,10 +269,12 @@ impl HttpHandle {
     }
 
     async fn post(&self, url: &str, id: &str, body: &Value) {
-        let _ = self.send(url, id, body).await;
+        if let Err(failure) = self.send(url, id, body).await {
+            tracing::debug!(request_id = %id, receiver = %origin(url), "progress webhook failed: {}", failure.message);
+        }
     }
 
-    async fn send(&self, url: &str, id: &str, body: &Value) -> Result<(), bool> {
+    async fn send(&self, url: &str, id: &str, body: &Value) -> Result<(), Failure> {
         let body = serde_json::to_vec(body).expect("JSON values serialise");
         let mut request = self
             .http
@@ -258,14 +286,29 @@ impl HttpHandle {
         }
         match request.body(body).send().await {
             Ok(response) if response.status().is_success() => Ok(()),
-            // A receiver that refuses the payload will refuse it again.
             Ok(response) => {
-                let status = response.status().as_u16();
-                Err(status >= 500 || status == 408 || status == 429)
+                let status = response.status();
+                Err(Failure {
+                    // A receiver that refuses the payload will refuse it again.
+                    retry: status.is_server_error() || status == 408 || status == 429,
+                    message: format!("the receiver answered {status}"),
+                })
             }
-            Err(_) => Err(true),
+            // Refused, reset, timed out, or TLS (an untrusted certificate):
+            // the receiver or its certificate may be fixed before the next try.
+            // The message leaves the URL out (see `origin`).
+            Err(err) => Err(Failure {
+                retry: true,
+                message: super::tls::error_chain(&err.without_url()),
+            }),
         }
     }
+}
+
+/// Why one attempt failed, and whether another may succeed.
+struct Failure {
+    retry: bool,
+    message: String,
 }
 
 #[cfg(test)]

@@ -55,27 +55,43 @@ pub(crate) async fn dispatch(state: AppState, queue: Arc<AsyncQueue>) {
             continue;
         }
         // Wait for one of this deployment's async slots before claiming, so
-        // the claim picks the best request at the moment it can run.
+        // the claim picks the best requests at the moment they can run; then
+        // take every other free slot too, so one store write claims as many
+        // requests as can start now.
         let share = queue.share_of(&deployment);
-        let slot = tokio::select! {
-            slot = share.acquire_owned() => slot.expect("share semaphore is never closed"),
+        let mut slots = tokio::select! {
+            slot = share.clone().acquire_owned() => slot.expect("share semaphore is never closed"),
             () = queue.stop.cancelled() => return,
         };
-        let routed = deployment.enter();
+        while slots.num_permits() < queue.settings.claim_batch {
+            match share.clone().try_acquire_owned() {
+                Ok(more) => slots.merge(more),
+                Err(_) => break,
+            }
+        }
+        let wanted = slots.num_permits();
+        // Counted in flight before the claim, so a retirement of this
+        // deployment waits for what is about to start on it.
+        let mut routed: Vec<_> = (0..wanted).map(|_| deployment.enter()).collect();
         match queue
             .store
-            .claim_next(&target, deployment.id(), now_ms())
+            .claim(&target, deployment.id(), now_ms(), wanted)
             .await
         {
-            Ok(Some(record)) => {
-                let running = queue.running(&record.id, &state);
-                let (state, queue) = (state.clone(), queue.clone());
-                tokio::spawn(async move {
-                    run(&state, &queue, &deployment, record, running).await;
-                    drop((slot, routed));
-                });
+            Ok(records) => {
+                for record in records {
+                    let slot = slots.split(1).expect("one slot per claimed request");
+                    let routed = routed.pop().expect("one guard per claimed request");
+                    let running = queue.running(&record.id, &state);
+                    let (state, queue, deployment) =
+                        (state.clone(), queue.clone(), deployment.clone());
+                    tokio::spawn(async move {
+                        run(&state, &queue, &deployment, record, running).await;
+                        drop((slot, routed));
+                    });
+                }
+                // Slots and guards left over (a shorter batch) are released here.
             }
-            Ok(None) => {}
             Err(err) => {
                 tracing::error!("claiming from the async queue: {err}");
                 idle(&queue).await;
@@ -105,9 +121,10 @@ fn resolve(state: &AppState, target: &str) -> Result<Arc<Deployment>, ApiError> 
 
 /// A request whose target cannot serve fails rather than blocking the queue.
 async fn fail_next(queue: &AsyncQueue, target: &str, err: &ApiError) {
-    let Ok(Some(record)) = queue.store.claim_next(target, "", now_ms()).await else {
+    let Ok(mut claimed) = queue.store.claim(target, "", now_ms(), 1).await else {
         return;
     };
+    let Some(record) = claimed.pop() else { return };
     let outcome = Outcome {
         status: Status::Failed,
         output: None,

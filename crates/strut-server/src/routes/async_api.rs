@@ -1,5 +1,6 @@
 //! Baseten's async API: submit (201 with a request id once the request is
-//! durably queued), read its status, cancel it.
+//! durably queued), read its status, cancel it, and count a deployment's
+//! queue.
 
 use axum::Router;
 use axum::body::Body;
@@ -24,6 +25,14 @@ pub fn routes() -> Router<AppState> {
         .route("/environments/{env}/async_predict", post(environment))
         .route("/deployment/{id}/async_predict", post(deployment))
         .route("/async_request/{id}", get(status).delete(cancel))
+        .route("/async_queue_status", get(production_queue))
+        .route("/production/async_queue_status", get(production_queue))
+        .route("/development/async_queue_status", get(development_queue))
+        .route(
+            "/environments/{env}/async_queue_status",
+            get(environment_queue),
+        )
+        .route("/deployment/{id}/async_queue_status", get(deployment_queue))
 }
 
 async fn production(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -243,6 +252,8 @@ fn status_json(state: &AppState, queue: &AsyncQueue, r: &Record) -> Value {
         "deployment_id": r.deployment_id,
         "status": r.status.as_str(),
         "webhook_status": r.webhook_status.as_str(),
+        // Why the latest delivery attempt failed (strut's addition).
+        "webhook_error": r.webhook_error,
         "created_at": rfc3339(Some(r.created_ms)),
         "status_at": rfc3339(Some(status_at)),
         "errors": r.errors,
@@ -294,6 +305,69 @@ async fn cancel(
     };
     match canceled.await {
         Ok((status, body)) => (status, axum::Json(body)).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn production_queue(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let deployment = state.environment(PRODUCTION);
+    queue_status(state, deployment, headers).await
+}
+
+async fn development_queue(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let deployment = state.environment(DEVELOPMENT);
+    queue_status(state, deployment, headers).await
+}
+
+async fn environment_queue(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let deployment = state.environment(&env);
+    queue_status(state, deployment, headers).await
+}
+
+async fn deployment_queue(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let deployment = state.deployment(&id);
+    queue_status(state, deployment, headers).await
+}
+
+/// Baseten's queue status of the deployment a target resolves to now: what
+/// is queued for it (by its id, or through an environment that points at
+/// it, since queued requests resolve their environment when they start) and
+/// what runs on it.
+async fn queue_status(
+    state: AppState,
+    deployment: Result<std::sync::Arc<crate::deployment::Deployment>, ApiError>,
+    headers: HeaderMap,
+) -> Response {
+    let counted = async {
+        authorize_inference(&state, &headers)?;
+        let deployment = deployment?;
+        let queue = queue_of(&state)?;
+        let id = deployment.id();
+        let mut targets = vec![format!("deployment:{id}")];
+        targets.extend(
+            state
+                .environments_of(id)
+                .into_iter()
+                .map(|env| format!("env:{env}")),
+        );
+        let counts = queue.store.counts(&targets, id).await?;
+        Ok::<_, ApiError>(json!({
+            "model_id": deployment.model_name(),
+            "deployment_id": id,
+            "num_queued_requests": counts.queued,
+            "num_in_progress_requests": counts.in_progress,
+        }))
+    };
+    match counted.await {
+        Ok(body) => axum::Json(body).into_response(),
         Err(err) => err.into_response(),
     }
 }

@@ -4,6 +4,8 @@
 mod admin;
 mod async_api;
 mod cog;
+mod kserve;
+mod openai;
 pub(crate) mod predict;
 mod truss;
 
@@ -25,6 +27,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes(state.clone()))
         .merge(async_api::routes())
         .merge(cog::routes())
+        .merge(openai::routes())
+        .merge(kserve::routes())
         .route("/metrics", get(metrics::scrape))
         // A route layer sees the matched route template, which keeps the
         // metrics' label values bounded; unmatched paths are not counted.

@@ -2,6 +2,8 @@
 //! preprocess, predict, postprocess, encode, with the request's deadline and
 //! cancellation around all of it.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -9,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use strut_model::{Output, RequestContext};
+use tokio_util::sync::DropGuard;
 
 use crate::codec::{BodyFormat, StreamMode, read_body};
 use crate::deployment::{Deployment, InFlight};
@@ -16,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::request::RequestId;
 use crate::runner::LoadedModel;
 use crate::streaming::{self, ByteStream};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Permit};
 
 pub(crate) enum Reply {
     Json(Value),
@@ -37,20 +40,91 @@ pub async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let arrived = Instant::now();
-    let deployment = routed.deployment().clone();
     let format = BodyFormat::of_request(&headers);
     let mode = StreamMode::of_request(&headers);
-    let limits = state.limits();
-    let cancel = state.request_token();
-    // Dropping the handler (the client went away) or the response stream
-    // cancels the model's work.
-    let on_drop = cancel.clone().drop_guard();
-    let deadline = Instant::now() + limits.request_timeout;
-    let ctx = RequestContext::new(id.0, cancel, Some(state.log_sink().clone()), Some(deadline));
+    respond(state, routed, id, format, mode, move |call| {
+        run(call, format, body)
+    })
+    .await
+}
 
-    let work = run(&state, &deployment, &ctx, format, mode, body, arrived);
-    let outcome = match tokio::time::timeout_at(deadline.into(), work).await {
+/// What the work of an inference route runs with: one request's context on
+/// the deployment it was routed to.
+pub(crate) struct Call {
+    pub state: AppState,
+    pub deployment: Arc<Deployment>,
+    pub ctx: RequestContext,
+    /// How the client wants a streamed output.
+    pub mode: StreamMode,
+    pub arrived: Instant,
+}
+
+impl Call {
+    /// Starts a request routed to `deployment`. Dropping the returned guard
+    /// (the handler, because the client went away, or the response stream
+    /// that holds it) cancels the model's work; the request must answer by
+    /// the returned deadline.
+    pub fn start(
+        state: &AppState,
+        deployment: &Arc<Deployment>,
+        id: RequestId,
+        mode: StreamMode,
+    ) -> (Call, DropGuard, Instant) {
+        let arrived = Instant::now();
+        let cancel = state.request_token();
+        let on_drop = cancel.clone().drop_guard();
+        let deadline = arrived + state.limits().request_timeout;
+        let ctx = RequestContext::new(id.0, cancel, Some(state.log_sink().clone()), Some(deadline));
+        let call = Call {
+            state: state.clone(),
+            deployment: deployment.clone(),
+            ctx,
+            mode,
+            arrived,
+        };
+        (call, on_drop, deadline)
+    }
+
+    /// The pipeline after decoding, as a client waiting for it gets it.
+    pub async fn infer(
+        &self,
+        model: &LoadedModel,
+        input: Value,
+        mode: StreamMode,
+    ) -> Result<Reply, ApiError> {
+        infer(
+            &self.state,
+            &self.deployment,
+            model,
+            &self.ctx,
+            input,
+            mode,
+            self.arrived,
+            Admit::Bounded,
+        )
+        .await
+    }
+}
+
+/// The envelope every inference route shares: the request's context, its
+/// deadline, cancellation when the client goes away, the reply encoded in
+/// `format`, and the header naming the deployment.
+pub(crate) async fn respond<F, Fut>(
+    state: AppState,
+    routed: InFlight,
+    id: RequestId,
+    format: BodyFormat,
+    mode: StreamMode,
+    work: F,
+) -> Response
+where
+    F: FnOnce(Call) -> Fut,
+    Fut: Future<Output = Result<Reply, ApiError>>,
+{
+    let deployment = routed.deployment().clone();
+    let limits = state.limits();
+    let (call, on_drop, deadline) = Call::start(&state, &deployment, id, mode);
+    let outcome = match tokio::time::timeout_at(deadline.into(), work(call)).await {
         Ok(outcome) => outcome,
         Err(_) => Err(ApiError::Timeout(limits.request_timeout.as_secs())),
     };
@@ -70,35 +144,31 @@ pub async fn predict(
             err.into_response()
         }
     };
-    if let Ok(value) = HeaderValue::from_str(deployment.id()) {
-        response.headers_mut().insert(DEPLOYMENT_HEADER, value);
-    }
+    name_deployment(&mut response, &deployment);
     response
 }
 
-async fn run(
+/// Sets [`DEPLOYMENT_HEADER`] on a response.
+pub(crate) fn name_deployment(response: &mut Response, deployment: &Deployment) {
+    if let Ok(value) = HeaderValue::from_str(deployment.id()) {
+        response.headers_mut().insert(DEPLOYMENT_HEADER, value);
+    }
+}
+
+async fn run(call: Call, format: BodyFormat, body: Body) -> Result<Reply, ApiError> {
+    let model = call.deployment.model()?;
+    let input = read_input(&call.state, format, body).await?;
+    call.infer(&model, input, call.mode).await
+}
+
+/// The request body, size-limited and decoded.
+pub(crate) async fn read_input(
     state: &AppState,
-    deployment: &Deployment,
-    ctx: &RequestContext,
     format: BodyFormat,
-    mode: StreamMode,
     body: Body,
-    arrived: Instant,
-) -> Result<Reply, ApiError> {
-    let model = deployment.model()?;
+) -> Result<Value, ApiError> {
     let bytes = read_body(body, state.limits().max_body_bytes).await?;
-    let input = format.decode(&bytes)?;
-    infer(
-        state,
-        deployment,
-        &model,
-        ctx,
-        input,
-        mode,
-        arrived,
-        Admit::Bounded,
-    )
-    .await
+    format.decode(&bytes)
 }
 
 /// How a request waits for a model slot.
@@ -127,21 +197,10 @@ pub(crate) async fn infer(
     let input = model.preprocess(input, ctx).await?;
     let metrics = state.metrics();
     let labels = Metrics::deployment(deployment.id());
-    let waited = Instant::now();
-    let permit = match admit {
-        Admit::Bounded => deployment.admission().acquire().await?,
-        Admit::Wait => deployment.admission().acquire_waiting().await?,
-    };
-    metrics
-        .queue_seconds
-        .get_or_create(&labels)
-        .observe(waited.elapsed().as_secs_f64());
+    let permit = take_slot(state, deployment, admit).await?;
     let predicted = Instant::now();
     let output = model.predict(input, ctx).await;
-    metrics
-        .inference_seconds
-        .get_or_create(&labels)
-        .observe(predicted.elapsed().as_secs_f64());
+    observe_inference(state, deployment, predicted);
     match output? {
         Output::Json(value) => {
             drop(permit);
@@ -160,4 +219,32 @@ pub(crate) async fn infer(
             }
         }
     }
+}
+
+/// Takes one of the deployment's model slots, recording how long it took.
+pub(crate) async fn take_slot(
+    state: &AppState,
+    deployment: &Deployment,
+    admit: Admit,
+) -> Result<Permit, ApiError> {
+    let waited = Instant::now();
+    let permit = match admit {
+        Admit::Bounded => deployment.admission().acquire().await?,
+        Admit::Wait => deployment.admission().acquire_waiting().await?,
+    };
+    state
+        .metrics()
+        .queue_seconds
+        .get_or_create(&Metrics::deployment(deployment.id()))
+        .observe(waited.elapsed().as_secs_f64());
+    Ok(permit)
+}
+
+/// Records the time a model spent on one request, from `started`.
+pub(crate) fn observe_inference(state: &AppState, deployment: &Deployment, started: Instant) {
+    state
+        .metrics()
+        .inference_seconds
+        .get_or_create(&Metrics::deployment(deployment.id()))
+        .observe(started.elapsed().as_secs_f64());
 }

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use serde_json::json;
 
-use super::predict::predict;
+use super::predict::{name_deployment, predict};
+use crate::deployment::Deployment;
 use crate::request::RequestId;
 use crate::state::{DEVELOPMENT, PRODUCTION};
 use crate::{ApiError, AppState};
@@ -30,16 +31,26 @@ async fn liveness() -> axum::Json<bool> {
     axum::Json(true)
 }
 
-/// `GET /v1/models/{name}` (readiness) and `GET /v1/models/{name}/loaded`.
-/// The name is ignored, as Truss ignores it.
+/// `GET /v1/models/{name}` (readiness, KServe V1's model status too) and
+/// `GET /v1/models/{name}/loaded`. The name is ignored, as Truss ignores it:
+/// Truss clients call `/v1/models/model`, KServe's the InferenceService name,
+/// and both must reach the one model this server holds.
 async fn model_get(State(state): State<AppState>, Path(rest): Path<String>) -> Response {
     let deployment = match state.environment(PRODUCTION) {
         Ok(d) => d,
         Err(err) => return err.into_response(),
     };
+    // Probes are answered for a deployment like predict is, so the metrics
+    // and the client see which one.
+    let mut response = readiness(&state, &deployment, &rest).await;
+    name_deployment(&mut response, &deployment);
+    response
+}
+
+async fn readiness(state: &AppState, deployment: &Deployment, rest: &str) -> Response {
     let (name, check_health) = match rest.strip_suffix("/loaded") {
         Some(name) => (name, false),
-        None => (rest.as_str(), true),
+        None => (rest, true),
     };
     if name.contains('/') || name.contains(':') {
         return ApiError::NoRoute {
@@ -59,7 +70,9 @@ async fn model_get(State(state): State<AppState>, Path(rest): Path<String>) -> R
     axum::Json(json!({"name": name, "ready": true})).into_response()
 }
 
-/// `POST /v1/models/{name}:predict` (and `:predict_binary`, the same handler in Truss).
+/// `POST /v1/models/{name}:predict` (and `:predict_binary`, the same handler
+/// in Truss): KServe V1's `instances` or Truss's own body. The name is
+/// ignored, as for readiness.
 async fn model_post(
     State(state): State<AppState>,
     Path(rest): Path<String>,
@@ -77,7 +90,7 @@ async fn model_post(
         }
         .into_response();
     }
-    predict_in(state, PRODUCTION, id, headers, body).await
+    super::kserve::v1::predict(state, id, headers, body).await
 }
 
 /// The predict route of a fixed environment.

@@ -1,13 +1,17 @@
-//! Llama-family weights behind one interface: quantized GGUF through
-//! `quantized_llama`, safetensors checkpoints through `llama`. Both keep
-//! their KV cache inside and restart it at position 0.
+//! Llama-family weights behind one interface. On the CPU, GGUF files and
+//! safetensors checkpoints both run our own forward pass (`cpu`), with
+//! quantized products from `crate::quant`; elsewhere candle's
+//! `quantized_llama` and `llama` do. Each keeps its KV cache inside and
+//! restarts it at position 0.
+
+mod attention;
+mod build;
+mod cpu;
+mod linear;
 
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{self, Content};
-use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{llama, quantized_llama};
@@ -20,7 +24,10 @@ use crate::tokenizer_gguf::{special_id, tokenizer_from_gguf};
 use crate::weights::Resolved;
 
 pub enum LlamaWeights {
+    Cpu(Box<cpu::CpuLlama>),
+    /// GGUF on a GPU, and mixtures of experts.
     Quantized(Box<quantized_llama::ModelWeights>),
+    /// safetensors on a GPU.
     Full {
         model: Box<llama::Llama>,
         fresh: Box<llama::Cache>,
@@ -37,9 +44,14 @@ impl LlamaWeights {
         pos: usize,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
-        let logits = match self {
-            LlamaWeights::Quantized(model) => model.forward(&input, pos)?,
+        let input = || Tensor::new(tokens, device)?.unsqueeze(0);
+        match self {
+            LlamaWeights::Cpu(model) => {
+                let logits = model.forward(tokens, pos)?;
+                let n = logits.len();
+                Tensor::from_vec(logits, n, device)
+            }
+            LlamaWeights::Quantized(model) => model.forward(&input()?, pos)?.squeeze(0),
             LlamaWeights::Full {
                 model,
                 fresh,
@@ -48,10 +60,9 @@ impl LlamaWeights {
                 if pos == 0 {
                     **cache = (**fresh).clone();
                 }
-                model.forward(&input, pos, cache)?
+                model.forward(&input()?, pos, cache)?.squeeze(0)
             }
-        };
-        logits.squeeze(0)
+        }
     }
 }
 
@@ -81,14 +92,14 @@ fn token_text(tokenizer: &Tokenizer, id: Option<u32>) -> String {
         .unwrap_or_default()
 }
 
-/// How GGUF weights are kept in memory.
+/// How GGUF weights are kept in memory (on the CPU; a GPU keeps them as
+/// stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Requantize {
     /// As stored in the file.
     No,
-    /// Q4_1 tensors become Q8_0. candle 0.11 has no SIMD kernel for Q4_1
-    /// (llama.cpp has), but an AVX2 one for Q8_0: several times faster, at
-    /// 1.7x the memory of those tensors and a slight change in logits.
+    /// Q4_1 matrices become Q8_0: 1.7x the memory of those tensors and a
+    /// slight change in logits, for a kernel with no nibbles to unpack.
     Q8_0,
 }
 
@@ -157,57 +168,30 @@ fn load_gguf(
         .and_then(|v| v.to_u32().ok())
         .map_or(quantized_llama::MAX_SEQ_LEN, |n| n as usize);
     let weights_bytes = std::fs::metadata(path)?.len();
-    let model = match requantize {
-        Requantize::No => quantized_llama::ModelWeights::from_gguf(content, &mut reader, device),
-        Requantize::Q8_0 => {
-            let (content, mut memory) = requantized(content, &mut reader)?;
-            quantized_llama::ModelWeights::from_gguf(content, &mut memory, device)
+    let fail = crate::internal("loading the GGUF weights");
+    let cpu = if device.is_cpu() {
+        build::from_gguf(&content, &mut reader, requantize).map_err(&fail)?
+    } else {
+        None
+    };
+    let (weights, context_length) = match cpu {
+        Some(model) => (LlamaWeights::Cpu(Box::new(model)), declared_context),
+        None => {
+            let model = quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
+                .map_err(&fail)?;
+            // candle's quantized Llama precomputes RoPE for MAX_SEQ_LEN positions only.
+            let context = declared_context.min(quantized_llama::MAX_SEQ_LEN);
+            (LlamaWeights::Quantized(Box::new(model)), context)
         }
-    }
-    .map_err(crate::internal("loading the GGUF weights"))?;
+    };
     Ok(LoadedLlama {
-        weights: LlamaWeights::Quantized(Box::new(model)),
+        weights,
         eos_ids: end_of_turn_ids(&tokenizer, eos),
         tokenizer,
         template,
-        // candle's quantized llama precomputes RoPE for MAX_SEQ_LEN positions only.
-        context_length: declared_context.min(quantized_llama::MAX_SEQ_LEN),
+        context_length,
         weights_bytes,
     })
-}
-
-/// The same GGUF with Q4_1 tensors turned into Q8_0, rebuilt in memory so
-/// candle's loader reads it like a file.
-fn requantized(
-    content: Content,
-    reader: &mut loader::CountingReader,
-) -> Result<(Content, Cursor<Vec<u8>>), ModelError> {
-    let fail = crate::internal("requantizing to Q8_0");
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(reader, name, &Device::Cpu).map_err(&fail)?;
-        let tensor = if tensor.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(
-                &tensor.dequantize(&Device::Cpu).map_err(&fail)?,
-                GgmlDType::Q8_0,
-            )
-            .map_err(&fail)?
-        } else {
-            tensor
-        };
-        tensors.push((name.as_str(), tensor));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let mut memory = Cursor::new(Vec::new());
-    gguf_file::write(&mut memory, &metadata, &tensor_refs).map_err(&fail)?;
-    memory.set_position(0);
-    let content = Content::read(&mut memory).map_err(&fail)?;
-    Ok((content, memory))
 }
 
 fn load_safetensors(
@@ -247,17 +231,24 @@ fn load_safetensors(
         .values()
         .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
         .sum();
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model =
-        llama::Llama::load(vb, &config).map_err(crate::internal("building the Llama model"))?;
-    let fresh = llama::Cache::new(true, dtype, &config, device)
-        .map_err(crate::internal("allocating the KV cache"))?;
-    Ok(LoadedLlama {
-        weights: LlamaWeights::Full {
+    let weights = if device.is_cpu() {
+        let model = build::from_safetensors(tensors, &config)
+            .map_err(crate::internal("building the Llama model"))?;
+        LlamaWeights::Cpu(Box::new(model))
+    } else {
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let model =
+            llama::Llama::load(vb, &config).map_err(crate::internal("building the Llama model"))?;
+        let fresh = llama::Cache::new(true, dtype, &config, device)
+            .map_err(crate::internal("allocating the KV cache"))?;
+        LlamaWeights::Full {
             model: Box::new(model),
             cache: Box::new(fresh.clone()),
             fresh: Box::new(fresh),
-        },
+        }
+    };
+    Ok(LoadedLlama {
+        weights,
         eos_ids: end_of_turn_ids(&tokenizer, declared_eos),
         tokenizer,
         template,

@@ -1,0 +1,54 @@
+//! Causal self-attention of the CPU Llama over its f32 KV cache, with
+//! grouped key/value heads.
+
+use crate::quant;
+
+use super::cpu::Hparams;
+
+/// Causal attention of the `m` query rows in `qkv` (positions `pos..`) over
+/// the cache, which already holds their own keys and values. One work item
+/// per (position, head), spread over candle's pool.
+pub fn attention(
+    hp: &Hparams,
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    pos: usize,
+    out: &mut [f32],
+) {
+    let hd = hp.head_dim;
+    let (q_dim, kv_dim) = (hp.n_head * hd, hp.n_kv_head * hd);
+    let group = hp.n_head / hp.n_kv_head;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let heads: Vec<std::sync::Mutex<&mut [f32]>> = out
+        .chunks_exact_mut(hd)
+        .map(std::sync::Mutex::new)
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(heads.len(), |range| {
+        let mut weights = Vec::new();
+        for item in range {
+            let (t, h) = (item / hp.n_head, item % hp.n_head);
+            let q = &qkv[t * (q_dim + 2 * kv_dim) + h * hd..][..hd];
+            let kv_off = (h / group) * hd;
+            weights.resize(pos + t + 1, 0.0);
+            quant::scores(q, &k_cache[kv_off..], kv_dim, scale, &mut weights);
+            softmax(&mut weights);
+            let mut o = heads[item].lock().unwrap_or_else(|e| e.into_inner());
+            quant::weighted_sum(&weights, &v_cache[kv_off..], kv_dim, &mut o);
+        }
+    });
+}
+
+/// In place, the sum in f64 as llama.cpp has it.
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}

@@ -1,0 +1,243 @@
+use super::*;
+
+/// Deterministic pseudo-random numbers (splitmix64), so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+}
+
+/// A Q4_1 matrix as a GGUF file would hold it, from random scales and
+/// nibbles, read through `QMatrix::read`.
+fn random_q4_1(rng: &mut Rng, rows: usize, cols: usize) -> QMatrix {
+    let mut bytes = Vec::new();
+    for _ in 0..rows * cols / QK {
+        let d = half::f16::from_f32(0.01 + 0.02 * rng.unit().abs());
+        let m = half::f16::from_f32(-0.1 * rng.unit().abs());
+        bytes.extend(d.to_bits().to_le_bytes());
+        bytes.extend(m.to_bits().to_le_bytes());
+        bytes.extend((0..16).map(|_| rng.next() as u8));
+    }
+    QMatrix::read(
+        &mut std::io::Cursor::new(bytes),
+        Format::Q4_1,
+        cols,
+        &[(0, rows)],
+    )
+    .unwrap()
+}
+
+fn dequantized(m: &QMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; m.rows() * m.cols()];
+    for (r, row) in out.chunks_exact_mut(m.cols()).enumerate() {
+        m.dequantize_row(r, row);
+    }
+    out
+}
+
+/// `x W^T` in f32 on the dequantized weights.
+fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    x.chunks_exact(cols)
+        .flat_map(|xr| {
+            w.chunks_exact(cols)
+                .map(|wr| wr.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>())
+                .collect::<Vec<_>>()
+        })
+        .take(rows * (x.len() / cols))
+        .collect()
+}
+
+/// How far rounding the activations to 8 bits (half a step per value, a
+/// step being 1/127 of its block's largest magnitude) and their scales to
+/// f16 can move each element of `x W^T`.
+fn rounding_bound(w: &[f32], x: &[f32], cols: usize) -> Vec<f32> {
+    x.chunks_exact(cols)
+        .flat_map(|xr| {
+            w.chunks_exact(cols).map(move |wr| {
+                let mut bound = 0f32;
+                for (wb, xb) in wr.chunks(QK).zip(xr.chunks(QK)) {
+                    let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                    bound += wb.iter().map(|v| v.abs()).sum::<f32>() * step * 0.5;
+                    bound += wb.iter().zip(xb).map(|(a, b)| (a * b).abs()).sum::<f32>() * 2e-3;
+                }
+                bound + 1e-4
+            })
+        })
+        .collect()
+}
+
+fn assert_within(got: &[f32], want: &[f32], bound: &[f32], what: &str) {
+    for (i, ((g, w), b)) in got.iter().zip(want).zip(bound).enumerate() {
+        assert!(
+            (g - w).abs() <= *b,
+            "{what}: element {i} is {g}, expected {w} within {b}"
+        );
+    }
+}
+
+fn product(m: &QMatrix, kernel: Kernel, x: &[f32], n: usize) -> Vec<f32> {
+    let mut acts = Activations::default();
+    acts.quantize(x, n);
+    let mut out = vec![f32::NAN; n * m.rows()];
+    m.matmul_with(kernel, &acts, &mut out);
+    out
+}
+
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tolerance * (1.0 + w.abs()),
+            "{what}: element {i} is {g}, expected {w}"
+        );
+    }
+}
+
+/// Row counts that take every path: one token (rows split over threads), a
+/// few tokens (one product each), and a prompt (tiles of four, plus a
+/// remainder tile).
+const TOKENS: [usize; 4] = [1, 3, 8, 13];
+
+#[test]
+fn q4_1_products_match_f32_on_the_dequantized_weights() {
+    let mut rng = Rng(7);
+    let (rows, cols) = (67, 256);
+    let m = random_q4_1(&mut rng, rows, cols);
+    let w = dequantized(&m);
+    for n in TOKENS {
+        let x = rng.values(n * cols, 2.0);
+        let want = reference(&w, &x, rows, cols);
+        let bound = rounding_bound(&w, &x, cols);
+        assert_within(
+            &product(&m, Kernel::Portable, &x, n),
+            &want,
+            &bound,
+            "portable",
+        );
+        assert_within(
+            &product(&m, Kernel::detect(), &x, n),
+            &want,
+            &bound,
+            "detected",
+        );
+    }
+}
+
+#[test]
+fn simd_kernels_agree_with_the_portable_ones() {
+    let mut rng = Rng(11);
+    let (rows, cols) = (45, 576);
+    let q4 = random_q4_1(&mut rng, rows, cols);
+    let q8 = QMatrix::quantize_q8_0(rows, cols, &rng.values(rows * cols, 0.5));
+    for m in [&q4, &q8] {
+        for n in TOKENS {
+            let x = rng.values(n * cols, 3.0);
+            let portable = product(m, Kernel::Portable, &x, n);
+            // Same integer sums; only the order of f32 additions differs.
+            assert_close(
+                &product(m, Kernel::detect(), &x, n),
+                &portable,
+                1e-4,
+                "simd",
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_kernels_agree_with_the_portable_ones() {
+    let mut rng = Rng(13);
+    for (hd, n) in [(64, 1), (64, 7), (128, 33), (40, 5), (12, 3)] {
+        let stride = hd * 3 + 8;
+        let q = rng.values(hd, 1.0);
+        let keys = rng.values(n * stride, 1.0);
+        let want: Vec<f32> = (0..n)
+            .map(|j| {
+                q.iter()
+                    .zip(&keys[j * stride..])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+                    * 0.125
+            })
+            .collect();
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            let mut got = vec![f32::NAN; n];
+            scores_with(kernel, &q, &keys, stride, 0.125, &mut got);
+            assert_close(&got, &want, 1e-5, "scores");
+        }
+        let w = rng.values(n, 1.0);
+        let want: Vec<f32> = (0..hd)
+            .map(|c| (0..n).map(|j| w[j] * keys[j * stride + c]).sum())
+            .collect();
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            let mut got = vec![f32::NAN; hd];
+            weighted_sum_with(kernel, &w, &keys, stride, &mut got);
+            assert_close(&got, &want, 1e-5, "weighted sum");
+        }
+    }
+}
+
+#[test]
+fn q8_0_quantization_round_trips_within_half_a_step() {
+    let mut rng = Rng(3);
+    let (rows, cols) = (5, 64);
+    let values = rng.values(rows * cols, 4.0);
+    let m = QMatrix::quantize_q8_0(rows, cols, &values);
+    assert_eq!(m.format(), Format::Q8_0);
+    for (block, want) in dequantized(&m).chunks(QK).zip(values.chunks(QK)) {
+        let step = want.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        assert_close(block, want, step * 0.51 + 1e-3, "q8_0 row");
+    }
+    let x = rng.values(2 * cols, 1.0);
+    let (w, want) = (dequantized(&m), reference(&dequantized(&m), &x, rows, cols));
+    let bound = rounding_bound(&w, &x, cols);
+    assert_within(
+        &product(&m, Kernel::detect(), &x, 2),
+        &want,
+        &bound,
+        "q8_0 product",
+    );
+}
+
+#[test]
+fn stacked_reads_and_requantized_matrices_keep_their_rows() {
+    let mut rng = Rng(5);
+    let (a, b) = (random_q4_1(&mut rng, 3, 64), random_q4_1(&mut rng, 2, 64));
+    // A file holding b then a, read back as one matrix of a's rows then b's.
+    let bytes = |m: &QMatrix| match &m.blocks {
+        Blocks::Q4_1(v) => bytemuck::cast_slice::<_, u8>(v).to_vec(),
+        Blocks::Q8_0(v) => bytemuck::cast_slice::<_, u8>(v).to_vec(),
+    };
+    let file = [bytes(&b), bytes(&a)].concat();
+    let at = bytes(&b).len() as u64;
+    let mut reader = std::io::Cursor::new(file);
+    let stacked = QMatrix::read(&mut reader, Format::Q4_1, 64, &[(at, 3), (0, 2)]).unwrap();
+    assert_eq!((stacked.rows(), stacked.cols()), (5, 64));
+    let (wa, wb) = (dequantized(&a), dequantized(&b));
+    assert_eq!(dequantized(&stacked), [wa.clone(), wb].concat());
+    let q8 = a.to_q8_0();
+    assert_eq!(q8.format(), Format::Q8_0);
+    assert_close(&dequantized(&q8), &wa, 0.01, "requantized");
+}
+
+#[test]
+fn a_row_that_is_not_whole_blocks_is_refused() {
+    let mut reader = std::io::Cursor::new([0u8; 60]);
+    let err = QMatrix::read(&mut reader, Format::Q4_1, 48, &[(0, 1)]).unwrap_err();
+    assert!(err.to_string().contains("48"), "{err}");
+}

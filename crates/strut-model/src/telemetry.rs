@@ -1,0 +1,88 @@
+//! What a model reports about its own work (batch sizes, tokens generated),
+//! for the server's metrics. The model only ever sees a [`Telemetry`] handle,
+//! so it needs no metrics library and the server decides how to export it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One finished generation, as the model measured it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// From the start of the request's prefill to its first generated token.
+    pub time_to_first_token: Duration,
+    /// From the start of the prefill to the last token.
+    pub total: Duration,
+}
+
+impl GenerationStats {
+    /// Decode speed: tokens after the first over the time they took. `None`
+    /// when there was nothing to decode after the first token.
+    pub fn decode_tokens_per_second(&self) -> Option<f64> {
+        let decode = self.total.checked_sub(self.time_to_first_token)?;
+        let tokens = self.completion_tokens.checked_sub(1)?;
+        (tokens > 0 && !decode.is_zero()).then(|| f64::from(tokens) / decode.as_secs_f64())
+    }
+}
+
+/// Where the reports go; the server implements it per deployment.
+pub trait TelemetrySink: Send + Sync + 'static {
+    /// A forward pass ran over `size` requests at once.
+    fn batch(&self, size: usize);
+    fn generation(&self, stats: &GenerationStats);
+}
+
+/// A cheap, clonable handle a model keeps from its [`crate::InitContext`].
+/// The default reports nowhere, so tests and embedders need not set one.
+#[derive(Clone, Default)]
+pub struct Telemetry(Option<Arc<dyn TelemetrySink>>);
+
+impl Telemetry {
+    pub fn new(sink: Arc<dyn TelemetrySink>) -> Self {
+        Self(Some(sink))
+    }
+
+    pub fn batch(&self, size: usize) {
+        if let Some(sink) = &self.0 {
+            sink.batch(size);
+        }
+    }
+
+    pub fn generation(&self, stats: &GenerationStats) {
+        if let Some(sink) = &self.0 {
+            sink.generation(stats);
+        }
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Telemetry(sink)"
+        } else {
+            "Telemetry(none)"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rate_excludes_the_first_token() {
+        let stats = GenerationStats {
+            prompt_tokens: 10,
+            completion_tokens: 11,
+            time_to_first_token: Duration::from_millis(500),
+            total: Duration::from_millis(1500),
+        };
+        assert_eq!(stats.decode_tokens_per_second(), Some(10.0));
+        let single = GenerationStats {
+            completion_tokens: 1,
+            ..stats
+        };
+        assert_eq!(single.decode_tokens_per_second(), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! `POST /v1/completions`: one text prompt in, OpenAI's `text_completion`
+//! documents and chunks out.
+
+use serde::Serialize;
+use serde_json::Value;
+use strut_model::capabilities::{FinishReason, Prompt, Usage};
+
+use super::fields::{
+    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, never, unsupported,
+};
+use super::generate::{Meta, UsageBody};
+use crate::ApiError;
+
+pub(super) const IGNORED: &[&str] = &["user"];
+
+pub(super) const OFF: &[Off] = &[
+    Off {
+        name: "presence_penalty",
+        is_off: is_zero,
+    },
+    Off {
+        name: "frequency_penalty",
+        is_off: is_zero,
+    },
+    // Any number of log probabilities, 0 included, asks for them.
+    Off {
+        name: "logprobs",
+        is_off: never,
+    },
+    Off {
+        name: "logit_bias",
+        is_off: is_empty,
+    },
+    Off {
+        name: "best_of",
+        is_off: is_one,
+    },
+    Off {
+        name: "echo",
+        is_off: is_false,
+    },
+    Off {
+        name: "suffix",
+        is_off: is_empty_string,
+    },
+];
+
+/// A string, or a list holding one: with n=1 semantics a request answers one
+/// prompt.
+pub(super) fn take_prompt(fields: &mut Fields) -> Result<Prompt, ApiError> {
+    const SHAPE: &str = "`prompt` must be a string or a list of one string";
+    match fields.take_raw("prompt") {
+        Some(Value::String(text)) => Ok(Prompt::Text(text)),
+        Some(Value::Array(items)) => match items.as_slice() {
+            [] => Err(invalid("prompt", "`prompt` must not be an empty list")),
+            [Value::String(text)] => Ok(Prompt::Text(text.clone())),
+            items if items.iter().all(Value::is_string) => Err(unsupported(
+                "prompt",
+                format!(
+                    "{} prompts in one request: this server answers one prompt per request (n=1); send them separately",
+                    items.len()
+                ),
+            )),
+            items if items.iter().all(|i| i.is_u64() || i.is_array()) => Err(unsupported(
+                "prompt",
+                "token-id prompts are not supported; send the prompt as text",
+            )),
+            _ => Err(invalid("prompt", SHAPE)),
+        },
+        Some(_) => Err(invalid("prompt", SHAPE)),
+        None => Err(invalid("prompt", "`prompt` is required")),
+    }
+}
+
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: UsageBody,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    text: &'a str,
+    logprobs: (),
+    finish_reason: Option<FinishReason>,
+}
+
+pub(super) fn response<'a>(
+    meta: &'a Meta,
+    text: &'a str,
+    reason: FinishReason,
+    usage: Usage,
+) -> impl Serialize + 'a {
+    Completion {
+        id: &meta.id,
+        object: "text_completion",
+        created: meta.created,
+        model: &meta.model,
+        choices: [Choice {
+            index: 0,
+            text,
+            logprobs: (),
+            finish_reason: Some(reason),
+        }],
+        usage: usage.into(),
+    }
+}
+
+fn text_chunk(meta: &Meta, text: &str, finish_reason: Option<FinishReason>) -> Vec<u8> {
+    let choice = Choice {
+        index: 0,
+        text,
+        logprobs: (),
+        finish_reason,
+    };
+    super::sse::frame(&meta.chunk(&[choice], None))
+}
+
+pub(super) fn token(meta: &Meta, text: &str) -> Vec<u8> {
+    text_chunk(meta, text, None)
+}
+
+pub(super) fn finish(meta: &Meta, reason: FinishReason) -> Vec<u8> {
+    text_chunk(meta, "", Some(reason))
+}

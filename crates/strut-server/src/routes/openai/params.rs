@@ -1,0 +1,232 @@
+//! The request fields chat and completions share: the model, sampling and
+//! streaming.
+
+use serde::Deserialize;
+use serde_json::Value;
+use strut_model::capabilities::SamplingParams;
+
+use super::fields::{Fields, invalid, unsupported};
+use crate::ApiError;
+
+pub(super) struct Options {
+    pub model: Option<String>,
+    pub params: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
+    let model = fields.take::<String>("model", "a string")?;
+    if let Some(n) = fields.take::<u64>("n", "a positive integer")?
+        && n != 1
+    {
+        return Err(unsupported(
+            "n",
+            format!(
+                "n={n}: this server generates one choice per request, so only n=1 is supported"
+            ),
+        ));
+    }
+    let mut params = SamplingParams {
+        max_tokens: max_tokens(fields)?,
+        ..SamplingParams::default()
+    };
+    if let Some(t) = fields.take::<f32>("temperature", "a number between 0 and 2")? {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(invalid(
+                "temperature",
+                format!("`temperature` must be between 0 and 2, got {t}"),
+            ));
+        }
+        params.temperature = t;
+    }
+    if let Some(p) = fields.take::<f32>("top_p", "a number in (0, 1]")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(invalid(
+                "top_p",
+                format!("`top_p` must be in (0, 1], got {p}"),
+            ));
+        }
+        params.top_p = p;
+    }
+    // OpenAI's seed is any 64-bit integer; the bits are what matter.
+    params.seed = fields
+        .take::<i64>("seed", "an integer")?
+        .map(|s| u64::from_ne_bytes(s.to_ne_bytes()));
+    params.stop = stop(fields)?;
+    params.ignore_eos = fields
+        .take::<bool>("ignore_eos", "true or false")?
+        .unwrap_or(false);
+    // vLLM's extensions, which clients written for it send.
+    params.top_k = fields
+        .take::<i64>("top_k", "an integer")?
+        .and_then(|k| u32::try_from(k).ok())
+        .filter(|&k| k > 0);
+    if let Some(r) = fields.take::<f32>("repetition_penalty", "a positive number")? {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(invalid(
+                "repetition_penalty",
+                format!("`repetition_penalty` must be > 0, got {r}"),
+            ));
+        }
+        params.repetition_penalty = r;
+    }
+    if fields
+        .take::<u64>("min_tokens", "a non-negative integer")?
+        .is_some_and(|m| m > 0)
+    {
+        return Err(unsupported(
+            "min_tokens",
+            "`min_tokens` is not supported; for an exact length send `max_tokens` with `ignore_eos: true`",
+        ));
+    }
+    let stream = fields
+        .take::<bool>("stream", "true or false")?
+        .unwrap_or(false);
+    let options = fields.take::<StreamOptions>(
+        "stream_options",
+        r#"an object such as {"include_usage": true}"#,
+    )?;
+    if options.is_some() && !stream {
+        return Err(invalid(
+            "stream_options",
+            "`stream_options` is only allowed when `stream` is true",
+        ));
+    }
+    Ok(Options {
+        model,
+        params,
+        stream,
+        include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
+    })
+}
+
+/// `max_completion_tokens` is the current name, `max_tokens` the older one;
+/// either may come, and both only when they agree.
+fn max_tokens(fields: &mut Fields) -> Result<Option<u32>, ApiError> {
+    const EXPECTED: &str = "a positive integer";
+    let current = fields.take::<u32>("max_completion_tokens", EXPECTED)?;
+    let older = fields.take::<u32>("max_tokens", EXPECTED)?;
+    let (param, value) = match (current, older) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(invalid(
+                "max_completion_tokens",
+                format!("`max_completion_tokens` ({a}) and `max_tokens` ({b}) differ; send one"),
+            ));
+        }
+        (Some(a), _) => ("max_completion_tokens", a),
+        (None, Some(b)) => ("max_tokens", b),
+        (None, None) => return Ok(None),
+    };
+    if value == 0 {
+        return Err(invalid(param, format!("`{param}` must be at least 1")));
+    }
+    Ok(Some(value))
+}
+
+fn stop(fields: &mut Fields) -> Result<Vec<String>, ApiError> {
+    let stops = match fields.take_raw("stop") {
+        None => return Ok(Vec::new()),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s),
+                _ => Err(()),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|()| invalid("stop", "`stop` must be a string or a list of strings"))?,
+        Some(_) => {
+            return Err(invalid(
+                "stop",
+                "`stop` must be a string or a list of strings",
+            ));
+        }
+    };
+    if stops.iter().any(String::is_empty) {
+        return Err(invalid("stop", "`stop` sequences must not be empty"));
+    }
+    Ok(stops)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn options(body: Value) -> Result<Options, ApiError> {
+        take(&mut Fields::new(body).unwrap())
+    }
+
+    #[test]
+    fn defaults_follow_openai() {
+        let o = options(json!({})).unwrap();
+        assert_eq!(o.params, SamplingParams::default());
+        assert!(!o.stream && !o.include_usage && o.model.is_none());
+    }
+
+    #[test]
+    fn every_honoured_field_reaches_the_params() {
+        let o = options(json!({
+            "model": "m", "max_completion_tokens": 7, "max_tokens": 7, "temperature": 0,
+            "top_p": 0.5, "seed": -1, "stop": "\n", "ignore_eos": true, "top_k": -1,
+            "stream": true, "stream_options": {"include_usage": true}, "n": 1
+        }))
+        .unwrap();
+        let p = o.params;
+        assert_eq!(
+            (p.max_tokens, p.temperature, p.top_p, p.seed, p.top_k),
+            (Some(7), 0.0, 0.5, Some(u64::MAX), None)
+        );
+        assert_eq!(p.stop, vec!["\n".to_owned()]);
+        assert!(p.ignore_eos && o.stream && o.include_usage);
+        assert_eq!(o.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (json!({"n": 2}), "n"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (
+                json!({"max_completion_tokens": -3}),
+                "max_completion_tokens",
+            ),
+            (
+                json!({"max_tokens": 3, "max_completion_tokens": 4}),
+                "max_completion_tokens",
+            ),
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"stop": ["a", ""]}), "stop"),
+            (json!({"stop": [1]}), "stop"),
+            (
+                json!({"stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                json!({"stream": true, "stream_options": {"other": 1}}),
+                "stream_options",
+            ),
+            (json!({"min_tokens": 3}), "min_tokens"),
+        ];
+        for (body, expected) in cases {
+            match options(body.clone()) {
+                Err(
+                    ApiError::InvalidField { param, .. } | ApiError::UnsupportedField { param, .. },
+                ) => {
+                    assert_eq!(param, expected, "{body}");
+                }
+                other => panic!("{body}: {:?}", other.err()),
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Drives a running strut with the official `openai` Python SDK and checks
+what comes back: chat, streaming chat with the usage chunk, completions,
+embeddings (float and the SDK's default base64) and errors.
+
+    strut serve models/smollm2 &
+    strut serve models/minilm --port 8081 &
+    python scripts/openai_sdk_check.py --chat-model smollm2-135m-instruct
+    python scripts/openai_sdk_check.py --base-url http://127.0.0.1:8081/v1 \\
+        --embedding-model all-minilm-l6-v2
+
+Any Baseten-style base URL works too, e.g.
+http://127.0.0.1:8080/environments/production/sync/v1. Needs `pip install
+openai`. Exits 1 when a check fails.
+"""
+
+import argparse
+import math
+import struct
+import sys
+import traceback
+
+import openai
+
+QUESTION = [
+    # Without a system message SmolLM2's template adds its own default, under
+    # which the 135M model drifts into French.
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+class Failed(Exception):
+    pass
+
+
+def expect(condition, message):
+    if not condition:
+        raise Failed(message)
+
+
+def check_models(client, names):
+    listed = [m.id for m in client.models.list().data]
+    for name in names:
+        expect(name in listed, f"{name} not in /models: {listed}")
+    return f"listed {listed}"
+
+
+def check_chat(client, model):
+    reply = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=24, temperature=0
+    )
+    choice = reply.choices[0]
+    text = choice.message.content
+    expect(reply.id.startswith("chatcmpl-"), f"id {reply.id}")
+    expect(choice.message.role == "assistant", f"role {choice.message.role}")
+    expect("Paris" in text, f"no Paris in {text!r}")
+    expect(choice.finish_reason in ("stop", "length"), choice.finish_reason)
+    usage = reply.usage
+    expect(usage.prompt_tokens > 0 and usage.completion_tokens > 0, f"usage {usage}")
+    expect(usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, f"{usage}")
+    return text, usage
+
+
+def check_chat_stream(client, model, greedy_text, greedy_usage):
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=QUESTION,
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    expect(chunks[0].choices[0].delta.role == "assistant", "first chunk names the role")
+    usage_chunks = [c for c in chunks if not c.choices]
+    expect(len(usage_chunks) == 1, f"{len(usage_chunks)} usage chunks")
+    expect(chunks[-1] is usage_chunks[0], "the usage chunk comes last")
+    expect(chunks[-1].usage == greedy_usage, f"{chunks[-1].usage} != {greedy_usage}")
+    expect(all(c.usage is None for c in chunks[:-1]), "usage is null before the end")
+    expect(chunks[-2].choices[0].finish_reason is not None, "finish_reason before usage")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+    expect(text == greedy_text, f"streamed {text!r} != {greedy_text!r}")
+
+    plain = list(
+        client.chat.completions.create(
+            model=model, messages=QUESTION, max_tokens=4, stream=True
+        )
+    )
+    expect(all(c.choices and c.usage is None for c in plain), "no usage chunk unasked")
+    return f"{len(chunks)} chunks, usage {chunks[-1].usage.completion_tokens} tokens"
+
+
+def check_exact_length(client, model):
+    reply = client.chat.completions.create(
+        model=model,
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    expect(reply.usage.completion_tokens == 16, f"{reply.usage}")
+    expect(reply.choices[0].finish_reason == "length", reply.choices[0].finish_reason)
+    return "ignore_eos gives exactly max_tokens"
+
+
+def check_completions(client, model):
+    reply = client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=8, temperature=0
+    )
+    text = reply.choices[0].text
+    expect(reply.object == "text_completion" and text, f"{reply}")
+    expect(reply.usage.completion_tokens > 0, f"{reply.usage}")
+    chunks = list(
+        client.completions.create(
+            model=model,
+            prompt="Once upon a time",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    expect(streamed == text, f"streamed {streamed!r} != {text!r}")
+    expect(chunks[-1].usage == reply.usage, f"{chunks[-1].usage} != {reply.usage}")
+    return repr(text)
+
+
+def check_errors(client, model):
+    try:
+        client.chat.completions.create(model=model, messages=QUESTION, n=2)
+        raise Failed("n=2 was accepted")
+    except openai.BadRequestError as err:
+        expect(err.code == "unsupported_parameter", f"code {err.code}")
+        expect(err.param == "n", f"param {err.param}")
+    try:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+        raise Failed("an unknown model was accepted")
+    except openai.NotFoundError as err:
+        expect(err.code == "model_not_found", f"code {err.code}")
+    return "400 for n=2, 404 for an unknown model"
+
+
+def as_f32(values):
+    return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
+
+
+def check_embeddings(client, model):
+    texts = ["The weather is lovely today.", "It's so sunny outside!"]
+    floats = client.embeddings.create(model=model, input=texts, encoding_format="float")
+    expect([d.index for d in floats.data] == [0, 1], "one vector per input, in order")
+    expect(floats.usage.prompt_tokens > 0, f"usage {floats.usage}")
+    vectors = [d.embedding for d in floats.data]
+    for v in vectors:
+        norm = math.sqrt(sum(x * x for x in v))
+        expect(abs(norm - 1.0) < 1e-4, f"norm {norm}")
+    # The SDK asks for base64 by default and decodes little-endian f32s.
+    default = client.embeddings.create(model=model, input=texts)
+    for a, b in zip(vectors, (d.embedding for d in default.data)):
+        expect(as_f32(a) == as_f32(list(b)), "base64 carries the same f32s")
+    return f"{len(vectors)} x {len(vectors[0])}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
+    parser.add_argument("--api-key", default="unused", help="sent as a Bearer token")
+    parser.add_argument("--chat-model", help="checks chat and completions against it")
+    parser.add_argument("--embedding-model", help="checks embeddings against it")
+    args = parser.parse_args()
+    if not (args.chat_model or args.embedding_model):
+        parser.error("name --chat-model, --embedding-model or both")
+
+    client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
+    print(f"openai {openai.__version__} against {args.base_url}")
+    names = [n for n in (args.chat_model, args.embedding_model) if n]
+    checks = [("models", lambda: check_models(client, names))]
+    if args.chat_model:
+        model = args.chat_model
+        greedy = {}
+
+        def chat():
+            greedy["text"], greedy["usage"] = check_chat(client, model)
+            return repr(greedy["text"])
+
+        checks += [
+            ("chat", chat),
+            ("chat stream", lambda: check_chat_stream(client, model, greedy["text"], greedy["usage"])),
+            ("exact length", lambda: check_exact_length(client, model)),
+            ("completions", lambda: check_completions(client, model)),
+            ("errors", lambda: check_errors(client, model)),
+        ]
+    if args.embedding_model:
+        checks.append(("embeddings", lambda: check_embeddings(client, args.embedding_model)))
+
+    failed = 0
+    for name, check in checks:
+        try:
+            print(f"ok    {name}: {check()}")
+        except Exception as err:  # noqa: BLE001 - every failure is reported, then the next check runs
+            failed += 1
+            detail = str(err) if isinstance(err, Failed) else traceback.format_exc()
+            print(f"FAIL  {name}: {detail}")
+    print(f"{len(checks) - failed}/{len(checks)} checks passed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+//! The OpenAI routes over the real candle models, as the binary registers
+//! them (weights from scripts/fetch-models.sh).
+
+use std::sync::Arc;
+
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use serde_json::json;
+use strut_server::Deployment;
+
+use super::{get, normalise, post};
+use crate::common;
+
+async fn serve_model(dir: &str) -> (axum::Router, Arc<Deployment>) {
+    common::serve_model_dir(dir).await
+}
+
+#[tokio::test]
+async fn smollm2_chats_and_streams_the_same_greedy_text() {
+    let (router, _d) = serve_model("models/smollm2").await;
+    let models = get(&router, "/v1/models").await.json();
+    assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
+
+    // With no system message SmolLM2's template adds its own, under which
+    // this small model drifts into French.
+    let messages = json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]);
+    let body = json!({"model": "smollm2-135m-instruct", "messages": messages,
+                      "max_tokens": 24, "temperature": 0});
+    let doc = post(&router, "/v1/chat/completions", &body).await.json();
+    let text = doc["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{doc}");
+    assert_eq!(doc["choices"][0]["finish_reason"], "stop");
+    let usage = &doc["usage"];
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(prompt > 10 && completion > 0, "{usage}");
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
+
+    let body = json!({"messages": messages, "max_tokens": 24, "temperature": 0,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let reply = post(&router, "/v1/chat/completions", &body).await;
+    let events = normalise(&reply.text, "chatcmpl-");
+    let chunks: Vec<serde_json::Value> = events
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text, "the stream carries the same greedy text");
+    let last = &chunks[chunks.len() - 1];
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(&last["usage"], usage);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert!(events.ends_with("data: [DONE]\n\n"));
+
+    // Exact lengths for benchmarks: past end-of-sequence up to max_tokens.
+    let body = json!({"prompt": "Once upon a time", "max_tokens": 16, "ignore_eos": true,
+                      "temperature": 0});
+    let doc = post(&router, "/v1/completions", &body).await.json();
+    assert_eq!(doc["usage"]["completion_tokens"], 16, "{doc}");
+    assert_eq!(doc["choices"][0]["finish_reason"], "length");
+    assert!(!doc["choices"][0]["text"].as_str().unwrap().is_empty());
+
+    let body = json!({"prompt": "hi", "max_tokens": 5000});
+    let reply = post(&router, "/v1/completions", &body).await;
+    super::assert_error(&reply, 400, "context_length_exceeded", Some("max_tokens"));
+}
+
+#[tokio::test]
+async fn minilm_embeds_unit_vectors_as_floats_and_base64() {
+    let (router, _d) = serve_model("models/minilm").await;
+    let texts = ["The weather is lovely today.", "It's so sunny outside!"];
+    let body = json!({"input": texts, "model": "all-minilm-l6-v2", "encoding_format": "float"});
+    let doc = post(&router, "/v1/embeddings", &body).await.json();
+    assert_eq!(doc["model"], "all-minilm-l6-v2");
+    assert!(doc["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{doc}");
+    let vectors: Vec<Vec<f32>> = doc["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            assert_eq!(item["index"], i);
+            serde_json::from_value(item["embedding"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(vectors.len(), 2);
+    for v in &vectors {
+        assert_eq!(v.len(), 384);
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+    }
+    let dot: f32 = vectors[0].iter().zip(&vectors[1]).map(|(a, b)| a * b).sum();
+    // sentence-transformers' own quickstart figure for this pair.
+    assert!((dot - 0.6660).abs() < 1e-3, "cosine {dot}");
+
+    let body = json!({"input": texts[0], "encoding_format": "base64", "dimensions": 384});
+    let doc = post(&router, "/v1/embeddings", &body).await.json();
+    let bytes = BASE64_STANDARD
+        .decode(doc["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded, vectors[0], "base64 carries the same f32s");
+}
