@@ -83,3 +83,23 @@ fn a_model_without_text_generation_has_no_tokenizer_to_export() {
     assert!(stderr.contains("does not generate text"), "{stderr}");
     assert!(!out.path().join("tok").exists());
 }
+
+#[test]
+fn a_missing_model_directory_is_named_once() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("nowhere");
+    let run = strut()
+        .args(["tokenizer", "export"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(out.path().join("tok"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        stderr.matches(&*missing.to_string_lossy()).count(),
+        1,
+        "{stderr}"
+    );
+}

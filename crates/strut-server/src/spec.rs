@@ -13,7 +13,9 @@ use crate::secrets::{SecretsError, resolve_secrets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("reading config.yaml: {0}")]
+    /// Transparent: the load error names the file already, and a CLI that
+    /// prints the error chain would otherwise print it twice.
+    #[error(transparent)]
     Load(#[from] strut_config::LoadError),
     #[error("{} has errors; fix them (or see `strut config validate`)", path.display())]
     Invalid {
