@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
 use serde_json::{Value, json};
 use strut_model::capabilities::{EmbedOutput, Embeddings};
 use strut_model::{
@@ -14,7 +12,8 @@ use strut_model::{
 };
 use tokenizers::Tokenizer;
 
-use crate::batcher::{BatchStats, Batcher, Limits, Vectors};
+use crate::batcher::{BatchStats, Batcher, Limits};
+use crate::bert::Encoder;
 use crate::loader::{self, LoadReport};
 use crate::params::CandleParams;
 use crate::weights::{Resolved, Sources, Wanted};
@@ -114,8 +113,8 @@ impl AsyncModel for SentenceEmbedder {
             .values()
             .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
             .sum();
-        let vb = VarBuilder::from_tensors(tensors, placement.dtype, &placement.device);
-        let model = BertModel::load(vb, &bert_config).map_err(crate::internal("building BERT"))?;
+        let mut encoder = Encoder::load(tensors, &bert_config, &placement)
+            .map_err(crate::internal("building BERT"))?;
         let dimensions = bert_config.hidden_size;
         let model_id = self.params.model_id.clone().unwrap_or_else(|| {
             config
@@ -133,11 +132,12 @@ impl AsyncModel for SentenceEmbedder {
                 .max(max_input_tokens),
             max_queue: self.params.max_queue.unwrap_or(256).max(1),
         };
-        let device = placement.device.clone();
         let telemetry = self.ctx.telemetry.clone();
         let batcher = Batcher::spawn(&model_id, limits, move |seqs| {
             telemetry.batch(seqs.len());
-            embed_batch(&model, &device, seqs).map_err(crate::internal("embedding forward pass"))
+            encoder
+                .embed(seqs)
+                .map_err(crate::internal("embedding forward pass"))
         })?;
         self.load_report = Some(LoadReport::finish(
             &model_id,
@@ -222,37 +222,4 @@ impl Embeddings for Engine {
             prompt_tokens,
         })
     }
-}
-
-/// One padded forward pass, then mean pooling over real tokens and L2
-/// normalisation.
-fn embed_batch(
-    model: &BertModel,
-    device: &Device,
-    seqs: &[Vec<u32>],
-) -> candle_core::Result<Vectors> {
-    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(seqs.len() * longest);
-    let mut mask = Vec::with_capacity(seqs.len() * longest);
-    for seq in seqs {
-        ids.extend(
-            seq.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, longest - seq.len())),
-        );
-        mask.extend((0..longest).map(|i| u32::from(i < seq.len())));
-    }
-    let shape = (seqs.len(), longest);
-    let ids = Tensor::from_vec(ids, shape, device)?;
-    let mask = Tensor::from_vec(mask, shape, device)?;
-    let token_types = ids.zeros_like()?;
-    let hidden = model
-        .forward(&ids, &token_types, Some(&mask))?
-        .to_dtype(DType::F32)?;
-    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?;
-    let mean = summed.broadcast_div(&counts)?;
-    let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-    mean.broadcast_div(&norm)?.to_vec2()
 }

@@ -11,6 +11,7 @@
 //! [`params::CandleParams`] documents every key.
 
 mod batcher;
+mod bert;
 mod chat_template;
 pub mod device;
 mod embedder;
