@@ -199,7 +199,15 @@ fn tile_product(
         // a 1.5 KB memset per tile, 6% of a batch.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => unsafe {
-            x86::tile(k, block, panel, bias, (row(0).as_mut_ptr(), tile.stride), tile.rows, tile.cols)
+            x86::tile(
+                k,
+                block,
+                panel,
+                bias,
+                (row(0).as_mut_ptr(), tile.stride),
+                tile.rows,
+                tile.cols,
+            )
         },
         Kernel::Portable => {
             let mut acc = [[0f32; NR]; MR];
@@ -281,7 +289,11 @@ mod x86 {
                     a[1] = _mm512_fmadd_ps(xr, w1, a[1]);
                 }
             }
-            let mask = if cols >= NR { u32::MAX } else { (1u32 << cols) - 1 };
+            let mask = if cols >= NR {
+                u32::MAX
+            } else {
+                (1u32 << cols) - 1
+            };
             let (m0, m1) = (mask as u16, (mask >> 16) as u16);
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let row = dst.add(r * stride);
