@@ -17,11 +17,24 @@ pub enum BodyFormat {
 
 impl BodyFormat {
     pub fn of_request(headers: &HeaderMap) -> Self {
-        match media_type(headers.get(header::CONTENT_TYPE)).as_deref() {
-            Some("application/octet-stream" | "application/msgpack" | "application/x-msgpack") => {
-                BodyFormat::Msgpack
-            }
-            _ => BodyFormat::Json,
+        let content_type = headers.get(header::CONTENT_TYPE);
+        // The common case, decided without parsing.
+        if content_type.is_none_or(|v| v.as_bytes() == b"application/json") {
+            return BodyFormat::Json;
+        }
+        let binary = media_type(content_type).is_some_and(|media| {
+            [
+                "application/octet-stream",
+                "application/msgpack",
+                "application/x-msgpack",
+            ]
+            .iter()
+            .any(|binary| media.eq_ignore_ascii_case(binary))
+        });
+        if binary {
+            BodyFormat::Msgpack
+        } else {
+            BodyFormat::Json
         }
     }
 
@@ -76,21 +89,26 @@ impl StreamMode {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let accepts = |wanted: &str| {
-            accept
-                .split(',')
-                .any(|part| part.split(';').next().unwrap_or("").trim() == wanted)
-        };
-        if accepts("text/event-stream") {
+        let (mut sse, mut json) = (false, false);
+        for part in accept.split(',').filter(|part| !part.is_empty()) {
+            match part.split(';').next().unwrap_or("").trim() {
+                "text/event-stream" => sse = true,
+                "application/json" => json = true,
+                _ => {}
+            }
+        }
+        if sse {
             return StreamMode::Sse;
         }
         // The OpenAI SDK always sends `Accept: application/json` yet expects a
         // stream; Truss makes the same exception.
-        let user_agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let openai = user_agent.is_some_and(|ua| ua.to_ascii_lowercase().contains("openai"));
-        if accepts("application/json") && !openai {
+        let openai = || {
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ua| ua.to_ascii_lowercase().contains("openai"))
+        };
+        if json && !openai() {
             StreamMode::Collect
         } else {
             StreamMode::Raw
@@ -98,9 +116,10 @@ impl StreamMode {
     }
 }
 
-fn media_type(value: Option<&HeaderValue>) -> Option<String> {
+/// The media type without its parameters, in the case it was sent in.
+fn media_type(value: Option<&HeaderValue>) -> Option<&str> {
     let value = value?.to_str().ok()?;
-    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+    Some(value.split(';').next()?.trim())
 }
 
 /// Reads the whole body, refusing more than `limit` bytes.

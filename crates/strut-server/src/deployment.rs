@@ -2,16 +2,18 @@
 //! It can be unloaded (drained, then its model dropped) and loaded again, so
 //! an environment can be pointed back at it; its record outlives its model.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderValue;
 use strut_model::{InitContext, Registry, Telemetry};
 use tokio::sync::{Notify, watch};
 
 use crate::admission::Admission;
-use crate::metrics::{Metrics, ModelTelemetry};
+use crate::metrics::{DeploymentSeries, Metrics, ModelTelemetry};
 use crate::runner::{LoadedModel, panic_message};
 use crate::{ApiError, Limits};
 
@@ -76,6 +78,11 @@ pub struct Deployment {
     /// What the model reports (batches, tokens); bound to a metrics registry
     /// when the deployment joins a server.
     telemetry: Arc<ModelTelemetry>,
+    /// This deployment's series in the registry of the server it joined,
+    /// resolved once so a request records without building labels.
+    series: OnceLock<DeploymentSeries>,
+    /// The id as a response header value (`None` if it cannot be one).
+    header_value: Option<HeaderValue>,
 }
 
 impl Deployment {
@@ -92,6 +99,7 @@ impl Deployment {
     pub fn unloaded(spec: DeploymentSpec, registry: &Registry, limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
             admission: Admission::new(spec.predict_concurrency, limits.max_queue),
+            header_value: HeaderValue::from_str(&spec.id).ok(),
             spec,
             registry: registry.clone(),
             retries: limits.load_retries,
@@ -102,6 +110,7 @@ impl Deployment {
             idle: Notify::new(),
             load_seconds: std::sync::Mutex::new(None),
             telemetry: Arc::default(),
+            series: OnceLock::new(),
         })
     }
 
@@ -198,6 +207,21 @@ impl Deployment {
     /// Sends what the model reports to `metrics`, labelled with this deployment.
     pub(crate) fn attach_metrics(&self, metrics: &Metrics) {
         self.telemetry.attach(metrics, &self.spec.id);
+        let _ = self.series.set(metrics.deployment_series(&self.spec.id));
+    }
+
+    /// The series a request served here records into, in `metrics`.
+    pub(crate) fn series(&self, metrics: &Metrics) -> Cow<'_, DeploymentSeries> {
+        match self.series.get() {
+            Some(series) if series.of(metrics) => Cow::Borrowed(series),
+            // Not attached yet, or attached to another server's registry.
+            _ => Cow::Owned(metrics.deployment_series(&self.spec.id)),
+        }
+    }
+
+    /// The id as a response header value.
+    pub(crate) fn header_value(&self) -> Option<&HeaderValue> {
+        self.header_value.as_ref()
     }
 
     pub fn in_flight(&self) -> usize {

@@ -3,7 +3,7 @@
 //! work finishes where it started even if an environment is re-pointed meanwhile.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use strut_model::{CancellationToken, LogSink};
@@ -20,6 +20,9 @@ pub const DEVELOPMENT: &str = "development";
 /// Previous deployments remembered per environment for rollback.
 const MAX_HISTORY: usize = 32;
 
+/// Parents of requests' cancellation tokens; threads take them in turn.
+const ABANDON_SHARDS: usize = 16;
+
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -31,6 +34,10 @@ struct Inner {
     /// Parent of every request's cancellation: fired when shutdown gives up
     /// on in-flight work after the grace period.
     abandon: CancellationToken,
+    /// Children of `abandon` that requests' tokens hang from, a few per
+    /// thread: creating and dropping a child locks its parent, which a single
+    /// parent would make every worker thread contend for.
+    abandon_shards: Box<[CancellationToken]>,
     deployments: RwLock<BTreeMap<String, Arc<Deployment>>>,
     environments: RwLock<BTreeMap<String, Slot>>,
     /// The admin side (data dir, keys); `None` when embedded without one.
@@ -73,10 +80,12 @@ impl AppState {
             .into_iter()
             .map(|name| (name.to_owned(), Slot::empty()))
             .collect();
+        let abandon = CancellationToken::new();
         let inner = Inner {
             limits,
             log_sink,
-            abandon: CancellationToken::new(),
+            abandon_shards: (0..ABANDON_SHARDS).map(|_| abandon.child_token()).collect(),
+            abandon,
             deployments: RwLock::default(),
             environments: RwLock::new(environments),
             control,
@@ -123,9 +132,18 @@ impl AppState {
         self.inner.unauthenticated.load(Ordering::Relaxed)
     }
 
-    /// A cancellation token for one request.
+    /// A cancellation token for one request, cancelled by
+    /// [`AppState::abandon_in_flight`].
     pub fn request_token(&self) -> CancellationToken {
-        self.inner.abandon.child_token()
+        thread_local! {
+            static SHARD: usize = {
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            };
+        }
+        let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        let shards = &self.inner.abandon_shards;
+        shards[shard % shards.len()].child_token()
     }
 
     /// Cancels every request still running.

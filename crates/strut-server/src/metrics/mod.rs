@@ -1,16 +1,20 @@
 //! Prometheus metrics, `strut_` prefixed. Each `Server` owns its registry (no
 //! global recorder), so an embedding application or a test can run several.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use http_body::Body as HttpBody;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +23,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::AppState;
-use crate::routes::DEPLOYMENT_HEADER;
 use crate::streaming::ByteStream;
 
 mod model;
@@ -51,6 +54,9 @@ fn latency() -> Histogram {
 }
 
 pub struct Metrics {
+    /// Tells registries apart, so series resolved once (per deployment, per
+    /// thread) are only used with the registry they came from.
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_seconds: Histograms<RouteLabels>,
@@ -82,8 +88,10 @@ fn token_rates() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let mut registry = Registry::with_prefix("strut");
         let m = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency),
             queue_seconds: Family::new_with_constructor(latency),
@@ -190,6 +198,163 @@ impl Metrics {
             deployment: id.to_owned(),
         }
     }
+
+    /// The per-deployment series every inference request records into.
+    pub(crate) fn deployment_series(&self, id: &str) -> DeploymentSeries {
+        let labels = Self::deployment(id);
+        DeploymentSeries {
+            metrics: self.id,
+            queue_seconds: self.queue_seconds.get_or_create(&labels).clone(),
+            inference_seconds: self.inference_seconds.get_or_create(&labels).clone(),
+            first_byte_seconds: self.first_byte_seconds.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts one answered request under its route template, status and
+    /// deployment (`""` when none served it) and returns the duration
+    /// histogram of its route and deployment. The label sets are resolved in
+    /// the families once per thread, then found by a hash of the borrowed
+    /// labels: no allocation and no lock on the families per request.
+    pub(crate) fn record_request(&self, route: &str, status: u16, deployment: &str) -> Histogram {
+        let hash = series_hash(self.id, route, status, deployment);
+        let cached = REQUEST_SERIES.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let bucket = cache.buckets.entry(hash).or_default();
+            if let Some(series) = bucket
+                .iter()
+                .find(|s| s.is(self.id, route, status, deployment))
+            {
+                series.requests.inc();
+                return series.seconds.clone();
+            }
+            let series = self.request_series(route, status, deployment);
+            series.requests.inc();
+            let seconds = series.seconds.clone();
+            bucket.push(series);
+            cache.len += 1;
+            if cache.len > MAX_CACHED_SERIES {
+                // Registries come and go (tests make many servers): start
+                // over rather than keep dead series alive.
+                cache.buckets.clear();
+                cache.len = 0;
+            }
+            seconds
+        });
+        cached.unwrap_or_else(|_| {
+            // The thread is going away: resolve without its cache.
+            let series = self.request_series(route, status, deployment);
+            series.requests.inc();
+            series.seconds
+        })
+    }
+
+    fn request_series(&self, route: &str, status: u16, deployment: &str) -> RequestSeries {
+        let requests = self
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                status,
+                deployment: deployment.to_owned(),
+            })
+            .clone();
+        let seconds = self
+            .request_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                deployment: deployment.to_owned(),
+            })
+            .clone();
+        RequestSeries {
+            metrics: self.id,
+            route: route.into(),
+            status,
+            deployment: deployment.into(),
+            requests,
+            seconds,
+        }
+    }
+}
+
+/// One deployment's inference series, resolved in one registry.
+#[derive(Clone)]
+pub(crate) struct DeploymentSeries {
+    metrics: u64,
+    pub queue_seconds: Histogram,
+    pub inference_seconds: Histogram,
+    pub first_byte_seconds: Histogram,
+}
+
+impl DeploymentSeries {
+    /// Whether these series belong to `metrics`.
+    pub(crate) fn of(&self, metrics: &Metrics) -> bool {
+        self.metrics == metrics.id
+    }
+}
+
+/// Past this many series a thread's cache is emptied and refilled.
+const MAX_CACHED_SERIES: usize = 4096;
+
+thread_local! {
+    static REQUEST_SERIES: RefCell<SeriesCache> = RefCell::default();
+}
+
+#[derive(Default)]
+struct SeriesCache {
+    /// By [`series_hash`]; a bucket holds the (rare) collisions.
+    buckets: HashMap<u64, Vec<RequestSeries>, BuildHasherDefault<PrehashedHasher>>,
+    len: usize,
+}
+
+struct RequestSeries {
+    metrics: u64,
+    route: Box<str>,
+    status: u16,
+    deployment: Box<str>,
+    requests: Counter,
+    seconds: Histogram,
+}
+
+impl RequestSeries {
+    fn is(&self, metrics: u64, route: &str, status: u16, deployment: &str) -> bool {
+        self.metrics == metrics
+            && self.status == status
+            && *self.route == *route
+            && *self.deployment == *deployment
+    }
+}
+
+/// FNV-1a over the labels: short strings, hashed once per request.
+fn series_hash(metrics: u64, route: &str, status: u16, deployment: &str) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ metrics ^ (u64::from(status) << 48);
+    // 0xff occurs in neither a route template nor a header value: it keeps
+    // ("/a", "b") and ("/ab", "") apart.
+    for bytes in [route.as_bytes(), &[0xff], deployment.as_bytes()] {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+/// The cache's keys are hashes already.
+#[derive(Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl Default for Metrics {
@@ -250,32 +415,16 @@ fn resident_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Counts every routed request by its route template, status and the
-/// deployment that served it, and times it to its last body byte.
-pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let deployment = response
-        .headers()
-        .get(DEPLOYMENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let metrics = state.metrics();
-    let labels = RequestLabels {
-        route: route.clone(),
-        status: response.status().as_u16(),
-        deployment: deployment.clone(),
-    };
-    metrics.requests.get_or_create(&labels).inc();
-    let histogram = metrics
-        .request_seconds
-        .get_or_create(&RouteLabels { route, deployment })
-        .clone();
+/// Times a response to its last body byte, from `started`. A body of known
+/// size is a buffered one here (JSON, msgpack, an error): it is complete, so
+/// it is timed now, as it would be when hyper takes its one frame, and sent
+/// unwrapped (no box per request). Any other, a stream, is wrapped and timed
+/// when it ends or is dropped.
+pub(crate) fn time_body(response: Response, histogram: Histogram, started: Instant) -> Response {
+    if response.body().size_hint().exact().is_some() {
+        histogram.observe(started.elapsed().as_secs_f64());
+        return response;
+    }
     let (parts, body) = response.into_parts();
     let body = Body::new(TimedBody {
         inner: body,
@@ -338,4 +487,71 @@ pub fn time_first_chunk(stream: ByteStream, histogram: Histogram, started: Insta
             }
         })
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn text(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).unwrap();
+        text
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn cached_series_stay_in_their_registry_and_label_set() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.record_request("/predict", 200, "dep-1");
+        }
+        a.record_request("/predict", 500, "dep-1");
+        // Labels that run together the same way hash apart.
+        a.record_request("/predictdep-1", 200, "");
+        b.record_request("/predict", 200, "dep-1");
+        let series = |status: u16| {
+            format!(
+                r#"strut_requests_total{{route="/predict",status="{status}",deployment="dep-1"}}"#
+            )
+        };
+        let (a, b) = (text(&a), text(&b));
+        assert_eq!(sample(&a, &series(200)), Some(3.0), "{a}");
+        assert_eq!(sample(&a, &series(500)), Some(1.0), "{a}");
+        let joined = r#"strut_requests_total{route="/predictdep-1",status="200",deployment=""}"#;
+        assert_eq!(sample(&a, joined), Some(1.0), "{a}");
+        assert_eq!(sample(&b, &series(200)), Some(1.0), "{b}");
+        assert_eq!(sample(&b, &series(500)), None, "{b}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_timed_when_it_ends_a_buffered_body_at_once() {
+        let metrics = Metrics::new();
+        let count = |route: &str| {
+            let series =
+                format!(r#"strut_request_duration_seconds_count{{route="{route}",deployment=""}}"#);
+            sample(&text(&metrics), &series)
+        };
+        let started = Instant::now();
+
+        let seconds = metrics.record_request("/buffered", 200, "");
+        let buffered = time_body(Response::new(Body::from("done")), seconds, started);
+        assert_eq!(count("/buffered"), Some(1.0));
+        drop(buffered);
+
+        let chunks = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("a"))]);
+        let seconds = metrics.record_request("/stream", 200, "");
+        let streamed = time_body(Response::new(Body::from_stream(chunks)), seconds, started);
+        assert_eq!(count("/stream"), Some(0.0));
+        let body = streamed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "a");
+        assert_eq!(count("/stream"), Some(1.0));
+    }
 }

@@ -13,13 +13,11 @@ pub use predict::DEPLOYMENT_HEADER;
 
 use axum::Router;
 use axum::http::{Method, Uri};
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::runner::panic_message;
-use crate::{ApiError, AppState, metrics, request};
+use crate::request::RequestLayer;
+use crate::{ApiError, AppState, metrics};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -30,20 +28,11 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::routes())
         .merge(kserve::routes())
         .route("/metrics", get(metrics::scrape))
-        // A route layer sees the matched route template, which keeps the
-        // metrics' label values bounded; unmatched paths are not counted.
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::record,
-        ))
         .fallback(no_route)
-        .layer(CatchPanicLayer::custom(
-            |panic: Box<dyn std::any::Any + Send>| {
-                ApiError::Internal(format!("handler panicked: {}", panic_message(&*panic)))
-                    .into_response()
-            },
-        ))
-        .layer(middleware::from_fn(request::request_id))
+        // Request ids, panics and request metrics, in one layer: see
+        // `RequestLayer`. Metrics count routed requests only, by route
+        // template, which keeps the label values bounded.
+        .layer(RequestLayer::new(state.clone()))
         .with_state(state)
 }
 

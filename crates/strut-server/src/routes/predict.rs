@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use strut_model::{Output, RequestContext};
@@ -15,7 +15,6 @@ use tokio_util::sync::DropGuard;
 
 use crate::codec::{BodyFormat, StreamMode, read_body};
 use crate::deployment::{Deployment, InFlight};
-use crate::metrics::Metrics;
 use crate::request::RequestId;
 use crate::runner::LoadedModel;
 use crate::streaming::{self, ByteStream};
@@ -30,6 +29,7 @@ pub(crate) enum Reply {
 /// Names the deployment that served a request, so clients (and tests) can
 /// see where a promotion switched them over.
 pub const DEPLOYMENT_HEADER: &str = "x-strut-deployment";
+pub(crate) const DEPLOYMENT_HEADER_NAME: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
 
 /// Runs a routed request. `routed` counts it in its deployment's in-flight
 /// requests until the response, its stream included, is done.
@@ -42,6 +42,8 @@ pub async fn predict(
 ) -> Response {
     let format = BodyFormat::of_request(&headers);
     let mode = StreamMode::of_request(&headers);
+    // Not held through the request: the headers share hyper's read buffer.
+    drop(headers);
     respond(state, routed, id, format, mode, move |call| {
         run(call, format, body)
     })
@@ -65,18 +67,18 @@ impl Call {
     /// that holds it) cancels the model's work; the request must answer by
     /// the returned deadline.
     pub fn start(
-        state: &AppState,
+        state: AppState,
         deployment: &Arc<Deployment>,
         id: RequestId,
         mode: StreamMode,
     ) -> (Call, DropGuard, Instant) {
-        let arrived = Instant::now();
+        let arrived = crate::request::arrived();
         let cancel = state.request_token();
         let on_drop = cancel.clone().drop_guard();
         let deadline = arrived + state.limits().request_timeout;
         let ctx = RequestContext::new(id.0, cancel, Some(state.log_sink().clone()), Some(deadline));
         let call = Call {
-            state: state.clone(),
+            state,
             deployment: deployment.clone(),
             ctx,
             mode,
@@ -122,15 +124,22 @@ where
     Fut: Future<Output = Result<Reply, ApiError>>,
 {
     let deployment = routed.deployment().clone();
-    let limits = state.limits();
-    let (call, on_drop, deadline) = Call::start(&state, &deployment, id, mode);
+    let timeout = state.limits().request_timeout;
+    let (call, on_drop, deadline) = Call::start(state, &deployment, id, mode);
     let outcome = match tokio::time::timeout_at(deadline.into(), work(call)).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(ApiError::Timeout(limits.request_timeout.as_secs())),
+        Err(_) => Err(ApiError::Timeout(timeout.as_secs())),
     };
     let mut response = match outcome {
-        Ok(Reply::Json(value)) => format.respond(&value),
-        Ok(Reply::Collected(text)) => axum::Json(text).into_response(),
+        // The model's work is done: nothing is left to cancel.
+        Ok(Reply::Json(value)) => {
+            on_drop.disarm();
+            format.respond(&value)
+        }
+        Ok(Reply::Collected(text)) => {
+            on_drop.disarm();
+            axum::Json(text).into_response()
+        }
         Ok(Reply::Stream(stream)) => {
             let stream = streaming::hold_while_streaming(stream, (on_drop, routed));
             match mode {
@@ -150,8 +159,10 @@ where
 
 /// Sets [`DEPLOYMENT_HEADER`] on a response.
 pub(crate) fn name_deployment(response: &mut Response, deployment: &Deployment) {
-    if let Ok(value) = HeaderValue::from_str(deployment.id()) {
-        response.headers_mut().insert(DEPLOYMENT_HEADER, value);
+    if let Some(value) = deployment.header_value() {
+        response
+            .headers_mut()
+            .insert(DEPLOYMENT_HEADER_NAME, value.clone());
     }
 }
 
@@ -195,10 +206,7 @@ pub(crate) async fn infer(
     admit: Admit,
 ) -> Result<Reply, ApiError> {
     let input = model.preprocess(input, ctx).await?;
-    let metrics = state.metrics();
-    let labels = Metrics::deployment(deployment.id());
-    let permit = take_slot(state, deployment, admit).await?;
-    let predicted = Instant::now();
+    let (permit, predicted) = take_slot(state, deployment, admit).await?;
     let output = model.predict(input, ctx).await;
     observe_inference(state, deployment, predicted);
     match output? {
@@ -210,7 +218,10 @@ pub(crate) async fn infer(
             let gap = deployment.spec().stream_read_timeout;
             let stream =
                 streaming::hold_while_streaming(streaming::byte_stream(chunks, gap), permit);
-            let first_byte = metrics.first_byte_seconds.get_or_create(&labels).clone();
+            let first_byte = deployment
+                .series(state.metrics())
+                .first_byte_seconds
+                .clone();
             let stream = crate::metrics::time_first_chunk(stream, first_byte, arrived);
             if mode == StreamMode::Collect {
                 Ok(Reply::Collected(streaming::collect(stream).await?))
@@ -222,29 +233,29 @@ pub(crate) async fn infer(
 }
 
 /// Takes one of the deployment's model slots, recording how long it took.
+/// Returns the slot and when it was taken.
 pub(crate) async fn take_slot(
     state: &AppState,
     deployment: &Deployment,
     admit: Admit,
-) -> Result<Permit, ApiError> {
+) -> Result<(Permit, Instant), ApiError> {
     let waited = Instant::now();
     let permit = match admit {
         Admit::Bounded => deployment.admission().acquire().await?,
         Admit::Wait => deployment.admission().acquire_waiting().await?,
     };
-    state
-        .metrics()
+    let taken = Instant::now();
+    deployment
+        .series(state.metrics())
         .queue_seconds
-        .get_or_create(&Metrics::deployment(deployment.id()))
-        .observe(waited.elapsed().as_secs_f64());
-    Ok(permit)
+        .observe((taken - waited).as_secs_f64());
+    Ok((permit, taken))
 }
 
 /// Records the time a model spent on one request, from `started`.
 pub(crate) fn observe_inference(state: &AppState, deployment: &Deployment, started: Instant) {
-    state
-        .metrics()
+    deployment
+        .series(state.metrics())
         .inference_seconds
-        .get_or_create(&Metrics::deployment(deployment.id()))
         .observe(started.elapsed().as_secs_f64());
 }

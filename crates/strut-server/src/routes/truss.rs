@@ -2,8 +2,7 @@
 //! the paths Truss and Baseten use.
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
@@ -11,7 +10,7 @@ use serde_json::json;
 
 use super::predict::{name_deployment, predict};
 use crate::deployment::Deployment;
-use crate::request::RequestId;
+use crate::request;
 use crate::state::{DEVELOPMENT, PRODUCTION};
 use crate::{ApiError, AppState};
 
@@ -76,10 +75,12 @@ async fn readiness(state: &AppState, deployment: &Deployment, rest: &str) -> Res
 async fn model_post(
     State(state): State<AppState>,
     Path(rest): Path<String>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (id, headers, body) = match request::into_parts(request) {
+        Ok(parts) => parts,
+        Err(err) => return err.into_response(),
+    };
     let is_predict = rest.rsplit_once(':').is_some_and(|(name, verb)| {
         !name.contains('/') && matches!(verb, "predict" | "predict_binary")
     });
@@ -95,31 +96,28 @@ async fn model_post(
 
 /// The predict route of a fixed environment.
 fn predict_on(environment: &'static str) -> MethodRouter<AppState> {
-    post(
-        move |State(state): State<AppState>,
-              Extension(id): Extension<RequestId>,
-              headers: HeaderMap,
-              body: Body| predict_in(state, environment, id, headers, body),
-    )
+    post(move |State(state): State<AppState>, request: Request| {
+        predict_in(state, environment, request)
+    })
 }
 
 async fn predict_environment(
     State(state): State<AppState>,
     Path(env): Path<String>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    predict_in(state, &env, id, headers, body).await
+    predict_in(state, &env, request).await
 }
 
 async fn predict_deployment(
     State(state): State<AppState>,
     Path(deployment): Path<String>,
-    Extension(id): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (id, headers, body) = match request::into_parts(request) {
+        Ok(parts) => parts,
+        Err(err) => return err.into_response(),
+    };
     let routed = authorize_inference(&state, &headers)
         .and_then(|()| state.deployment(&deployment))
         .map(|d| d.enter());
@@ -129,13 +127,11 @@ async fn predict_deployment(
     }
 }
 
-async fn predict_in(
-    state: AppState,
-    environment: &str,
-    id: RequestId,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn predict_in(state: AppState, environment: &str, request: Request) -> Response {
+    let (id, headers, body) = match request::into_parts(request) {
+        Ok(parts) => parts,
+        Err(err) => return err.into_response(),
+    };
     let routed = authorize_inference(&state, &headers).and_then(|()| state.route(environment));
     match routed {
         Ok(routed) => predict(state, routed, id, headers, body).await,

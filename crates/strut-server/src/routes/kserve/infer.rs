@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ struct InferResponse<'a> {
 pub(super) async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {

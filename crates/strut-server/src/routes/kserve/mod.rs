@@ -8,7 +8,6 @@ pub(super) mod v1;
 mod v2;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::routing::{any, get, post};
@@ -52,8 +51,7 @@ async fn embed_texts(
 ) -> Result<Vec<Vec<f32>>, ApiError> {
     let count = texts.len();
     let dimensions = embeddings.dimensions();
-    let permit = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
-    let started = Instant::now();
+    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
     let embedded = guarded(embeddings.embed(texts, &call.ctx)).await;
     observe_inference(&call.state, &call.deployment, started);
     drop(permit);

@@ -1,8 +1,6 @@
 //! `POST /v1/embeddings` over the `Embeddings` capability: text in, vectors
 //! out as JSON floats or as base64 of little-endian f32s.
 
-use std::time::Instant;
-
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde::Serialize;
 use serde_json::Value;
@@ -58,8 +56,7 @@ pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
     fields.finish(&["user"], &[])?;
     let name = served_name(requested, embedder.model_id(), call.deployment.model_name())?;
 
-    let permit = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
-    let started = Instant::now();
+    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
     let count = texts.len();
     let output = guarded(embedder.embed(texts, &call.ctx)).await;
     drop(permit);

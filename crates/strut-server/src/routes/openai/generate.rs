@@ -3,7 +3,6 @@
 //! stream of events.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -17,7 +16,7 @@ use super::fields::{Fields, Off};
 use super::params::{self, Options};
 use super::{Reply, chat, completions, served_name, sse, unix_now};
 use crate::ApiError;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::routes::predict::{Admit, Call, observe_inference, take_slot};
 use crate::runner::{guarded, panic_message};
 use crate::streaming::{catch_model_stream, stop_on_stall};
@@ -90,8 +89,7 @@ pub(super) async fn run(call: Call, body: Value, endpoint: Endpoint) -> Result<R
     )?;
     check_context(&*generator, &prompt, params.max_tokens, endpoint)?;
 
-    let permit = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
-    let started = Instant::now();
+    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
     let request = GenerateRequest { prompt, params };
     let events = guarded(generator.generate(request, &call.ctx)).await?;
     let gap = call.deployment.spec().stream_read_timeout;
@@ -102,12 +100,10 @@ pub(super) async fn run(call: Call, body: Value, endpoint: Endpoint) -> Result<R
     let meta = Meta::new(endpoint, name, include_usage);
     if stream {
         observe_inference(&call.state, &call.deployment, started);
-        let labels = Metrics::deployment(call.deployment.id());
         let first_byte = call
-            .state
-            .metrics()
+            .deployment
+            .series(call.state.metrics())
             .first_byte_seconds
-            .get_or_create(&labels)
             .clone();
         let frames = sse::generation(meta, first, events, permit);
         Ok(Reply::Stream(metrics::time_first_chunk(

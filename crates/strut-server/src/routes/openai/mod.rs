@@ -130,7 +130,7 @@ fn to_json(value: &impl Serialize) -> Result<Bytes, ApiError> {
 async fn chat_completions(
     State(state): State<AppState>,
     target: Target,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -143,7 +143,7 @@ async fn chat_completions(
 async fn completions(
     State(state): State<AppState>,
     target: Target,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -156,7 +156,7 @@ async fn completions(
 async fn embeddings(
     State(state): State<AppState>,
     target: Target,
-    Extension(id): Extension<RequestId>,
+    id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -183,7 +183,7 @@ where
         Err(err) => return error::response(err),
     };
     let deployment = routed.deployment().clone();
-    let (call, on_drop, deadline) = Call::start(&state, &deployment, id, StreamMode::Sse);
+    let (call, on_drop, deadline) = Call::start(state.clone(), &deployment, id, StreamMode::Sse);
     let work = async {
         let input = read_input(&state, BodyFormat::Json, body).await?;
         work(call, input).await
