@@ -178,31 +178,13 @@ impl CpuBert {
         self.attention(&s.qkv, spans, &mut s.ctx);
         s.packed.pack(&s.ctx, t);
         l.attn_out.forward(&s.packed, &mut s.h, None);
-        let res = &s.h;
-        par_chunks(&mut s.x, h, |row, x| {
-            ops::add_layer_norm(
-                x,
-                &res[row * h..][..h],
-                &l.attn_norm.weight,
-                &l.attn_norm.bias,
-                eps,
-            )
-        });
+        residual_norm(&mut s.x, &s.h, &l.attn_norm, eps);
 
         s.packed.pack(&s.x, t);
         l.inter.forward(&s.packed, &mut s.inter, Some(self.hp.act));
         s.packed.pack(&s.inter, t);
         l.out.forward(&s.packed, &mut s.h, None);
-        let res = &s.h;
-        par_chunks(&mut s.x, h, |row, x| {
-            ops::add_layer_norm(
-                x,
-                &res[row * h..][..h],
-                &l.out_norm.weight,
-                &l.out_norm.bias,
-                eps,
-            )
-        });
+        residual_norm(&mut s.x, &s.h, &l.out_norm, eps);
     }
 
     /// Scaled dot-product attention of each sequence over itself, one work
@@ -231,6 +213,14 @@ impl CpuBert {
             }
         });
     }
+}
+
+/// `x = LayerNorm(x + res)`, row by row across the pool.
+fn residual_norm(x: &mut [f32], res: &[f32], norm: &Norm, eps: f32) {
+    let h = norm.weight.len();
+    par_chunks(x, h, |row, x| {
+        ops::add_layer_norm(x, &res[row * h..][..h], &norm.weight, &norm.bias, eps)
+    });
 }
 
 /// sentence-transformers' mean pooling, then L2 normalisation.
