@@ -9,7 +9,7 @@ as `kubectl apply` would do.
 The InferenceService is a CRD, so no Kubernetes schema covers it; its
 predictor, though, is a PodSpec inline (KServe's PredictorSpec embeds one)
 plus a few KServe fields, so that part is checked as a Pod. What only strut
-knows (probe paths, port, flags, the grace period) is tests/e2e/manifests.rs'
+knows (probe paths, port, flags, the grace period) is tests/e2e/manifests/'
 job.
 
     python3 deploy/validate.py [--kubernetes-version 1.30 ...]
