@@ -1,48 +1,45 @@
-//! Weights from Truss `model_cache` entries (Hugging Face repo ids), read
-//! through the `hf-hub` cache layout (`models--org--name/{refs,snapshots,blobs}`).
+//! Weights from Truss `model_cache` entries (Hugging Face repo ids). The cache
+//! is found and read by `strut_config::hub`, the resolver the config validator
+//! uses too; only a file the cache lacks goes to `hf-hub`, which downloads it
+//! into the same layout.
 //!
-//! hf-hub 0.4 knows `HF_HOME` but neither `HF_HUB_CACHE` nor
-//! `HF_HUB_OFFLINE`, so both are honoured here: offline, only the cache is
-//! read; online, a missing file is downloaded with the `hf_access_token`
-//! secret (Truss's name for it) or the cache's token file.
+//! Offline (`HF_HUB_OFFLINE`), only the cache is read; online, a missing file
+//! is downloaded with the `hf_access_token` secret (Truss's name for it) or
+//! the cache's token file.
 
 use std::path::PathBuf;
 
 use hf_hub::{Cache, Repo, RepoType};
 use serde_json::Value;
+use strut_config::hub::HubEnv;
 use strut_model::Secrets;
 
-/// Where the cache is and whether the network may be used.
-#[derive(Debug, Clone)]
+/// Where the cache is, whether the network may be used, and with what token.
+#[derive(Clone)]
 pub struct HubSettings {
-    pub cache_dir: PathBuf,
-    pub offline: bool,
+    pub env: HubEnv,
     pub token: Option<String>,
+}
+
+// By hand so that logging a weights source never prints the token.
+impl std::fmt::Debug for HubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("env", &self.env)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl HubSettings {
     pub fn from_env(secrets: &Secrets) -> Self {
-        let mut settings = Self::from_lookup(|name| std::env::var(name).ok());
-        settings.token = secrets.get("hf_access_token").ok().map(str::to_owned);
-        settings
+        Self::new(HubEnv::from_process(), secrets)
     }
 
-    /// The environment rules of `huggingface_hub`, with `lookup` standing in
-    /// for the process environment.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let set = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let cache_dir = match (set("HF_HUB_CACHE"), set("HF_HOME")) {
-            (Some(hub_cache), _) => PathBuf::from(hub_cache),
-            (None, Some(home)) => PathBuf::from(home).join("hub"),
-            (None, None) => Cache::default().path().clone(),
-        };
-        let offline = set("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
-        });
+    pub fn new(env: HubEnv, secrets: &Secrets) -> Self {
         Self {
-            cache_dir,
-            offline,
-            token: None,
+            env,
+            token: secrets.get("hf_access_token").ok().map(str::to_owned),
         }
     }
 }
@@ -79,41 +76,45 @@ impl HubRepo {
             .collect()
     }
 
-    fn repo(&self) -> Repo {
-        Repo::with_revision(self.repo_id.clone(), RepoType::Model, self.revision.clone())
-    }
-
     /// The file's path in the cache, downloading it first when allowed.
     /// `Ok(None)`: not in the cache and offline.
     pub fn get(&self, filename: &str) -> Result<Option<PathBuf>, String> {
-        let cache = Cache::new(self.settings.cache_dir.clone());
-        if let Some(path) = cache.repo(self.repo()).get(filename) {
+        let Some(cache) = &self.settings.env.cache else {
+            return Err("no Hugging Face cache: HF_HUB_CACHE, HF_HOME and HOME are unset".into());
+        };
+        if let Some(path) = cache.file(&self.repo_id, &self.revision, filename) {
             return Ok(Some(path));
         }
-        if self.settings.offline {
+        if self.settings.env.offline {
             return Ok(None);
         }
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache)
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let repo =
+            Repo::with_revision(self.repo_id.clone(), RepoType::Model, self.revision.clone());
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.root().to_owned()))
+                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         if self.settings.token.is_some() {
             builder = builder.with_token(self.settings.token.clone());
         }
         let api = builder
             .build()
             .map_err(|err| format!("hub client: {err}"))?;
-        api.repo(self.repo())
+        api.repo(repo)
             .get(filename)
             .map(Some)
             .map_err(|err| format!("downloading {filename} from {}: {err}", self.repo_id))
     }
 
     pub fn describe(&self) -> String {
+        let cache = match &self.settings.env.cache {
+            Some(cache) => cache.root().display().to_string(),
+            None => "none".into(),
+        };
         format!(
-            "hub repo {}@{} (cache {}{})",
+            "hub repo {}@{} (cache {cache}{})",
             self.repo_id,
             self.revision,
-            self.settings.cache_dir.display(),
-            if self.settings.offline {
+            if self.settings.env.offline {
                 ", HF_HUB_OFFLINE"
             } else {
                 ""
@@ -127,33 +128,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
-    #[test]
-    fn cache_location_follows_huggingface_hub_rules() {
-        let s = HubSettings::from_lookup(env(&[("HF_HOME", "/h")]));
-        assert_eq!(s.cache_dir, PathBuf::from("/h/hub"));
-        assert!(!s.offline);
-        let s = HubSettings::from_lookup(env(&[
-            ("HF_HOME", "/h"),
-            ("HF_HUB_CACHE", "/c"),
-            ("HF_HUB_OFFLINE", "1"),
-        ]));
-        assert_eq!(s.cache_dir, PathBuf::from("/c"));
-        assert!(s.offline);
-        assert!(!HubSettings::from_lookup(env(&[("HF_HUB_OFFLINE", "0")])).offline);
-    }
-
     #[test]
     fn model_cache_entries_become_repos() {
-        let settings = HubSettings::from_lookup(env(&[]));
+        let env = HubEnv::from_lookup(|_| None);
+        let settings = HubSettings::new(env, &Secrets::default());
         let config = json!({"model_cache": [
             {"repo_id": "org/a", "revision": "v1"}, {"repo_id": "org/b"}, {"no_repo": 1}
         ]});

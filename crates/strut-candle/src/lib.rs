@@ -22,7 +22,6 @@ mod input;
 mod llama;
 pub mod loader;
 pub mod params;
-mod quant;
 mod sampling;
 pub mod text_stream;
 mod tokenizer_gguf;
@@ -37,6 +36,21 @@ pub use tokenizer_gguf::tokenizer_from_gguf;
 pub fn register(registry: &mut strut_model::Registry) {
     registry.register_async(SentenceEmbedder::CLASS_NAME, SentenceEmbedder::new);
     registry.register_async(LlamaGenerator::CLASS_NAME, LlamaGenerator::new);
+}
+
+/// candle's barrier pool, the one its quantized matmul uses: strut's
+/// kernels spread their work over it, so that their threads and candle's
+/// never compete for the cores.
+pub(crate) struct BarrierPool;
+
+impl strut_kernels::Pool for BarrierPool {
+    fn threads(&self) -> usize {
+        candle_core::utils::barrier_pool().n_workers() + 1
+    }
+
+    fn execute_chunked(&self, n_items: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        candle_core::utils::barrier_pool().execute_chunked(n_items, f);
+    }
 }
 
 /// Maps any displayable failure inside a model to an internal error, keeping

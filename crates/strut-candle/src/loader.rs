@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file;
+use candle_core::safetensors::{Load, SliceSafetensors};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use strut_kernels::MappedFile;
 use strut_model::ModelError;
 
 static FILE_OPENS: AtomicU64 = AtomicU64::new(0);
@@ -62,8 +64,24 @@ pub fn load_safetensors(
     dtype: DType,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>, ModelError> {
-    let mapped = map_safetensors(shards)?;
-    let tensors = mapped.tensors();
+    let maps = shards
+        .iter()
+        .map(|shard| {
+            MappedFile::map(&open(shard)?).map_err(|err| {
+                ModelError::internal(format!("mapping {}", shard.display())).with_source(err)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = maps
+        .iter()
+        .zip(shards)
+        .map(|(map, shard)| {
+            SliceSafetensors::new(map).map_err(|err| {
+                ModelError::internal(format!("{} is not safetensors: {err}", shard.display()))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tensors: Vec<_> = files.iter().flat_map(SliceSafetensors::tensors).collect();
     let estimate: u64 = tensors
         .iter()
         .map(|(_, view)| {
@@ -82,10 +100,11 @@ pub fn load_safetensors(
         "safetensors",
     );
     let mut out = HashMap::with_capacity(tensors.len());
+    // A name in several shards: the last one wins, as with candle's loader.
     for (name, view) in &tensors {
         let bytes = view.data().len() as u64;
-        let tensor = mapped
-            .load(name, device)
+        let tensor = view
+            .load(device)
             .map_err(crate::internal("reading a tensor"))?;
         let tensor = if tensor.dtype().is_float() && tensor.dtype() != dtype {
             tensor
@@ -100,22 +119,6 @@ pub fn load_safetensors(
     }
     bar.finish_and_clear();
     Ok(out)
-}
-
-#[allow(unsafe_code)]
-fn map_safetensors(
-    shards: &[PathBuf],
-) -> Result<candle_core::safetensors::MmapedSafetensors, ModelError> {
-    for shard in shards {
-        // Opened here to fail with a clear path and to count it; candle maps
-        // the file itself.
-        drop(open(shard)?);
-    }
-    // SAFETY: the map is read-only and lives only for the duration of the
-    // copy into tensors; weight files are not modified while a model loads
-    // (the fetch script and hf-hub replace files by renaming, never in place).
-    unsafe { candle_core::safetensors::MmapedSafetensors::multi(shards) }
-        .map_err(crate::internal("mapping safetensors"))
 }
 
 /// A reader that counts the bytes it hands out and moves a progress bar.

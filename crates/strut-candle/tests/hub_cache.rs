@@ -1,11 +1,13 @@
 //! Weights found through `model_cache` in a Hugging Face cache laid out by
 //! the test (models--org--name/{refs,blobs,snapshots}), with HF_HOME and
-//! HF_HUB_OFFLINE set. The only test of its binary: it sets the process
-//! environment.
+//! HF_HUB_OFFLINE set. A model reads those from the process environment,
+//! which a test cannot change safely while other threads run, so the test
+//! runs this binary again with them set.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
 use serde_json::{Value, json};
@@ -37,17 +39,41 @@ fn lay_out_cache(hf_home: &Path, source: &Path) {
     }
 }
 
-#[tokio::test]
-async fn model_cache_repos_resolve_through_the_hub_cache() {
+/// Marks the run of this binary that has the hub's environment set.
+const CHILD: &str = "STRUT_TEST_HUB_CACHE_CHILD";
+
+#[test]
+fn model_cache_repos_resolve_through_the_hub_cache() {
     let hf_home = tempfile::tempdir().unwrap();
     lay_out_cache(hf_home.path(), &minilm_dir());
-    #[allow(unsafe_code)]
-    // SAFETY: this binary's only test; no other thread reads the environment yet.
-    unsafe {
-        std::env::set_var("HF_HOME", hf_home.path());
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-        std::env::remove_var("HF_HUB_CACHE");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "with_the_hub_environment_set",
+            "--exact",
+            "--include-ignored",
+        ])
+        .env(CHILD, "1")
+        .env("HF_HOME", hf_home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // "1 passed": a filter that matched nothing would pass too.
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}{stderr}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by model_cache_repos_resolve_through_the_hub_cache, which sets HF_HOME"]
+async fn with_the_hub_environment_set() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
     }
+    let hf_home = PathBuf::from(std::env::var_os("HF_HOME").unwrap());
     let mut cfg = config("SentenceEmbedder", json!({}));
     cfg["model_cache"] =
         json!([{"repo_id": "org/not-cached"}, {"repo_id": REPO, "revision": "main"}]);
@@ -67,7 +93,7 @@ async fn model_cache_repos_resolve_through_the_hub_cache() {
     let mut instance = registry()
         .create(
             "SentenceEmbedder",
-            InitContext::new(cfg, hf_home.path().join("data")),
+            InitContext::new(cfg, hf_home.join("data")),
         )
         .unwrap();
     let err = instance.load().unwrap_err();

@@ -8,6 +8,7 @@
 pub mod accelerators;
 mod diagnostics;
 mod extract;
+pub mod hub;
 mod load;
 pub mod memory;
 mod pyfmt;

@@ -59,6 +59,12 @@ fn tokenizer_files(
     registry: &Registry,
 ) -> anyhow::Result<TokenizerFiles> {
     let (loaded, _warnings) = load_validated(model)?;
+    let class = &loaded.config.model_class_name;
+    if !registry.contains(class)
+        && let Some(why) = crate::models::missing_builtin(class)
+    {
+        bail!(why);
+    }
     let options = SpecOptions {
         secrets_dir,
         environment: None,

@@ -6,9 +6,10 @@
 
 use std::sync::Mutex;
 
-use super::dense::{Dense, Packed};
-use super::ops::{self, Activation, par_chunks};
-use crate::quant;
+use strut_kernels::ops::{self, Activation};
+use strut_kernels::{Dense, Packed, par_chunks};
+
+use crate::BarrierPool;
 
 pub struct Norm {
     pub weight: Vec<f32>,
@@ -146,7 +147,7 @@ impl CpuBert {
         let mut s = std::mem::take(&mut self.scratch);
         s.x.resize(t * h, 0.0);
         let emb = &self.emb;
-        par_chunks(&mut s.x, h, |row, x| {
+        par_chunks(&BarrierPool, &mut s.x, h, |row, x| {
             let (id, pos) = tokens[row];
             let (w, p) = (&emb.word[id * h..][..h], &emb.position[pos * h..][..h]);
             for (((v, w), p), tt) in x.iter_mut().zip(w).zip(p).zip(&emb.token_type) {
@@ -173,17 +174,18 @@ impl CpuBert {
         s.h.resize(t * h, 0.0);
         s.inter.resize(t * l.inter.out_features(), 0.0);
 
-        s.packed.pack(&s.x, t);
-        l.qkv.forward(&s.packed, &mut s.qkv, None);
+        s.packed.pack(&BarrierPool, &s.x, t);
+        l.qkv.forward(&BarrierPool, &s.packed, &mut s.qkv, None);
         self.attention(&s.qkv, spans, &mut s.ctx);
-        s.packed.pack(&s.ctx, t);
-        l.attn_out.forward(&s.packed, &mut s.h, None);
+        s.packed.pack(&BarrierPool, &s.ctx, t);
+        l.attn_out.forward(&BarrierPool, &s.packed, &mut s.h, None);
         residual_norm(&mut s.x, &s.h, &l.attn_norm, eps);
 
-        s.packed.pack(&s.x, t);
-        l.inter.forward(&s.packed, &mut s.inter, Some(self.hp.act));
-        s.packed.pack(&s.inter, t);
-        l.out.forward(&s.packed, &mut s.h, None);
+        s.packed.pack(&BarrierPool, &s.x, t);
+        l.inter
+            .forward(&BarrierPool, &s.packed, &mut s.inter, Some(self.hp.act));
+        s.packed.pack(&BarrierPool, &s.inter, t);
+        l.out.forward(&BarrierPool, &s.packed, &mut s.h, None);
         residual_norm(&mut s.x, &s.h, &l.out_norm, eps);
     }
 
@@ -203,12 +205,12 @@ impl CpuBert {
                 weights.resize(span.len(), 0.0);
                 for (i, tok) in span.clone().enumerate() {
                     let q = &qkv[base + i * 3 * h..][..hd];
-                    quant::scores(q, keys, 3 * h, scale, &mut weights);
+                    strut_kernels::scores(q, keys, 3 * h, scale, &mut weights);
                     ops::softmax(&mut weights);
                     let mut out = slots[tok * heads + head]
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
-                    quant::weighted_sum(&weights, values, 3 * h, &mut out);
+                    strut_kernels::weighted_sum(&weights, values, 3 * h, &mut out);
                 }
             }
         });
@@ -218,7 +220,7 @@ impl CpuBert {
 /// `x = LayerNorm(x + res)`, row by row across the pool.
 fn residual_norm(x: &mut [f32], res: &[f32], norm: &Norm, eps: f32) {
     let h = norm.weight.len();
-    par_chunks(x, h, |row, x| {
+    par_chunks(&BarrierPool, x, h, |row, x| {
         ops::add_layer_norm(x, &res[row * h..][..h], &norm.weight, &norm.bias, eps)
     });
 }

@@ -5,20 +5,18 @@
 //! L2-normalised vectors.
 
 mod cpu;
-mod dense;
-mod ops;
 
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, HiddenAct};
+use strut_kernels::Dense;
+use strut_kernels::ops::Activation;
 
 use crate::batcher::Vectors;
 use crate::device::Placement;
 use cpu::{CpuBert, Embeddings, Hparams, Layer, Norm};
-use dense::Dense;
-use ops::Activation;
 
 // One per loaded model, moved once into its thread: its size is moot.
 #[allow(clippy::large_enum_variant)]
@@ -105,7 +103,7 @@ impl Weights {
                     _ => candle_core::bail!("the CPU encoder got weights off the CPU"),
                 })
                 .collect::<candle_core::Result<Vec<&[f32]>>>()?;
-        Dense::new(&parts, &bias, inp)
+        Dense::new(&parts, &bias, inp).map_err(candle_core::Error::wrap)
     }
 }
 

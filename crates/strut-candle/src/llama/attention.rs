@@ -1,7 +1,7 @@
 //! Causal self-attention of the CPU Llama over its f32 KV cache, with
 //! grouped key/value heads.
 
-use crate::quant;
+use strut_kernels::{scores, weighted_sum};
 
 use super::cpu::Hparams;
 
@@ -31,10 +31,10 @@ pub fn attention(
             let q = &qkv[t * (q_dim + 2 * kv_dim) + h * hd..][..hd];
             let kv_off = (h / group) * hd;
             weights.resize(pos + t + 1, 0.0);
-            quant::scores(q, &k_cache[kv_off..], kv_dim, scale, &mut weights);
+            scores(q, &k_cache[kv_off..], kv_dim, scale, &mut weights);
             softmax(&mut weights);
             let mut o = heads[item].lock().unwrap_or_else(|e| e.into_inner());
-            quant::weighted_sum(&weights, &v_cache[kv_off..], kv_dim, &mut o);
+            weighted_sum(&weights, &v_cache[kv_off..], kv_dim, &mut o);
         }
     });
 }

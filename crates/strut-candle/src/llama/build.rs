@@ -6,17 +6,28 @@ use std::f32::consts::PI;
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
-use candle_core::quantized::QMatMul;
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama::{Config, Llama3RopeConfig, Llama3RopeType};
 
 use super::Requantize;
 use super::cpu::{CpuLlama, Hparams, Layer, RopeAngles, RopeStyle};
+use strut_kernels::{Format, QMatrix};
+
 use super::linear::{Embedding, Linear, Projection};
-use crate::quant::{Format, QMatrix};
 
 type Result<T> = candle_core::Result<T>;
+
+/// The block formats that strut's kernels multiply; the rest go through
+/// candle's.
+fn format_of(dtype: GgmlDType) -> Option<Format> {
+    match dtype {
+        GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q8_0 => Some(Format::Q8_0),
+        _ => None,
+    }
+}
 
 /// Reads tensors out of a GGUF file by name.
 struct Gguf<'a, R> {
@@ -52,7 +63,7 @@ impl<'a, R: Read + Seek> Gguf<'a, R> {
 
     fn tensor(&mut self, name: &str) -> Result<Loaded> {
         let info = self.info(name)?;
-        match (Format::of(info.ggml_dtype), info.shape.dims()) {
+        match (format_of(info.ggml_dtype), info.shape.dims()) {
             (Some(format), &[rows, cols]) => {
                 let at = self.content.tensor_data_offset + info.offset;
                 let matrix = QMatrix::read(self.reader, format, cols, &[(at, rows)])?;
@@ -73,12 +84,12 @@ impl<'a, R: Read + Seek> Gguf<'a, R> {
             .iter()
             .map(|n| self.info(n))
             .collect::<Result<Vec<_>>>()?;
-        let format = Format::of(infos[0].ggml_dtype);
+        let format = format_of(infos[0].ggml_dtype);
         let cols = infos[0].shape.dims().last().copied();
         let parts: Option<Vec<(u64, usize)>> = infos
             .iter()
             .map(|info| match info.shape.dims() {
-                &[rows, c] if Some(c) == cols && Format::of(info.ggml_dtype) == format => {
+                &[rows, c] if Some(c) == cols && format_of(info.ggml_dtype) == format => {
                     Some((self.content.tensor_data_offset + info.offset, rows))
                 }
                 _ => None,

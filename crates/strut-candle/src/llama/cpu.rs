@@ -4,12 +4,12 @@
 //! the allocations (and the page faults behind them) cost more than the
 //! matrix products: measured at ~0.45 ms per layer, where llama.cpp spends
 //! ~0.3 ms on the whole layer (see the crate README). So the products go
-//! through `quant` (or candle's matmul for dense weights) and the rest
+//! through strut-kernels (or candle's matmul for dense weights) and the rest
 //! (norms, RoPE, attention, SiLU) is written out here, as llama.cpp does.
 
-use super::attention::attention;
-use crate::quant::Activations;
+use strut_kernels::Activations;
 
+use super::attention::attention;
 use super::linear::{Embedding, Linear, Projection};
 
 /// How RoPE pairs the dimensions of a head.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::quant::{Activations, QMatrix};
+use strut_kernels::{Activations, QMatrix};
+
+use crate::BarrierPool;
 
 pub enum Linear {
     Quantized(Arc<QMatrix>),
@@ -41,7 +43,7 @@ impl Linear {
         match self {
             Linear::Quantized(m) => {
                 acts.quantize(x, rows);
-                m.matmul(acts, out);
+                m.matmul(&BarrierPool, acts, out);
             }
             Linear::Candle(m) => {
                 let x = Tensor::from_slice(x, (rows, x.len() / rows), &Device::Cpu)?;

@@ -1,6 +1,6 @@
 //! Llama-family weights behind one interface. On the CPU, GGUF files and
 //! safetensors checkpoints both run our own forward pass (`cpu`), with
-//! quantized products from `crate::quant`; elsewhere candle's
+//! quantized products from `strut_kernels`; elsewhere candle's
 //! `quantized_llama` and `llama` do. Each keeps its KV cache inside and
 //! restarts it at position 0.
 

@@ -13,7 +13,7 @@
 //! unfit: counts from names are lower bounds (MoE names are discounted), the MLP-only
 //! quantisations count as fully quantised, and GPU memory is the nominal figure.
 
-pub mod hub;
+pub mod architecture;
 pub mod names;
 pub mod weights;
 
@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::accelerators::Gpu;
 use crate::diagnostics::Diagnostic;
+use crate::hub::{HubCache, HubEnv};
 use crate::schema::{BaseModel, RepoKind, TrussConfig};
 
 const GB: f64 = 1e9;
@@ -47,7 +48,7 @@ struct Estimate {
     params: Option<f64>,
     bytes_per_param: Option<f64>,
     source: String,
-    arch: Option<hub::Architecture>,
+    arch: Option<architecture::Architecture>,
 }
 
 /// A reference to a model: a Hugging Face repo id (or a name) and where it was found.
@@ -65,10 +66,11 @@ pub fn check(
     data_dir: &Path,
     hub_cache: Option<&Path>,
 ) -> (Option<EstimateSummary>, Vec<Diagnostic>) {
-    let cache = hub_cache
-        .map(Path::to_path_buf)
-        .or_else(hub::default_cache_dir);
-    let Some(est) = estimate(config, data_dir, cache.as_deref()) else {
+    let cache = match hub_cache {
+        Some(dir) => Some(HubCache::new(dir)),
+        None => HubEnv::from_process().cache,
+    };
+    let Some(est) = estimate(config, data_dir, cache.as_ref()) else {
         return (None, vec![]);
     };
     let command = config
@@ -263,7 +265,7 @@ fn fits_on(required: f64, current: Gpu) -> String {
     format!("Fits on {}", parts.join(", "))
 }
 
-fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&Path>) -> Option<Estimate> {
+fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> Option<Estimate> {
     let refs = model_refs(config);
     let trt_bytes = config
         .trt_llm
@@ -293,7 +295,7 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&Path>) -> Opti
         Some(cache) => refs
             .iter()
             .filter(|r| r.name.contains('/'))
-            .filter_map(|r| hub::snapshot(cache, &r.name, r.revision.as_deref()).map(|p| (r, p)))
+            .filter_map(|r| any_snapshot(cache, &r.name, r.revision.as_deref()).map(|p| (r, p)))
             .collect(),
         None => vec![],
     };
@@ -357,9 +359,18 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&Path>) -> Opti
     })
 }
 
-fn read_architecture(snapshot: &Path) -> Option<hub::Architecture> {
+/// The snapshot at `revision`, else at `main`, else the newest: any snapshot of the repo
+/// tells its size, which is all the estimate needs.
+fn any_snapshot(cache: &HubCache, repo: &str, revision: Option<&str>) -> Option<PathBuf> {
+    revision
+        .and_then(|r| cache.snapshot(repo, r))
+        .or_else(|| cache.snapshot(repo, "main"))
+        .or_else(|| cache.latest_snapshot(repo))
+}
+
+fn read_architecture(snapshot: &Path) -> Option<architecture::Architecture> {
     let text = std::fs::read_to_string(snapshot.join("config.json")).ok()?;
-    hub::architecture(&serde_json::from_str(&text).ok()?)
+    architecture::architecture(&serde_json::from_str(&text).ok()?)
 }
 
 /// Bytes per weight named anywhere the model is described.

@@ -14,7 +14,8 @@ use crate::load::{self, LoadError, LoadedConfig, Parsed};
 pub struct ValidateOptions {
     /// Unknown keys are errors, as `truss push` makes them.
     pub strict: bool,
-    /// Where the Hugging Face hub cache is; `None` uses `$HF_HUB_CACHE`/`$HF_HOME`.
+    /// Where the Hugging Face hub cache is; `None` finds it as huggingface_hub does
+    /// (`$HF_HUB_CACHE`, `$HF_HOME`, ...; see [`crate::hub`]).
     pub hub_cache: Option<PathBuf>,
     /// Skip the memory-fit estimate (it reads weight headers from disk).
     pub skip_memory_fit: bool,

@@ -6,8 +6,8 @@
 //! module is what lets the CPU Llama avoid both.
 //!
 //! Work is spread over output rows (one token) or over tiles of activation
-//! rows (a prompt) on candle's own barrier pool, so that our threads and
-//! candle's never compete for the cores.
+//! rows (a prompt) on the caller's pool (candle's own, in strut-candle), so
+//! that our threads and candle's never compete for the cores.
 
 mod blocks;
 #[cfg(target_arch = "x86_64")]
@@ -19,21 +19,13 @@ use std::sync::{Mutex, OnceLock};
 use blocks::{BlockQ4_1, BlockQ8, BlockQ8_0, QK};
 use bytemuck::Zeroable;
 
+use crate::Pool;
+
+/// The GGML block formats these kernels multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Q4_1,
     Q8_0,
-}
-
-impl Format {
-    pub fn of(dtype: candle_core::quantized::GgmlDType) -> Option<Self> {
-        use candle_core::quantized::GgmlDType;
-        match dtype {
-            GgmlDType::Q4_1 => Some(Self::Q4_1),
-            GgmlDType::Q8_0 => Some(Self::Q8_0),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,15 +43,17 @@ pub struct QMatrix {
 }
 
 /// Which implementation computes the dot products; chosen once per process.
+/// Private, as in `dense`: naming `Avx2` on a CPU without it would be unsound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
 }
 
 impl Kernel {
-    pub fn detect() -> Self {
+    #[inline]
+    pub(crate) fn detect() -> Self {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
@@ -81,6 +75,7 @@ pub struct Activations {
 
 impl Activations {
     /// Quantizes `x`, `rows` rows of equal length (a multiple of 32).
+    #[inline]
     pub fn quantize(&mut self, x: &[f32], rows: usize) {
         let cols = x.len() / rows;
         assert!(
@@ -165,14 +160,17 @@ impl QMatrix {
         }
     }
 
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
 
+    #[inline]
     pub fn format(&self) -> Format {
         match self.blocks {
             Blocks::Q4_1(_) => Format::Q4_1,
@@ -185,6 +183,7 @@ impl QMatrix {
     }
 
     /// Row `r` as f32: an embedding lookup reads only the rows it needs.
+    #[inline]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let span = r * self.blocks_per_row()..(r + 1) * self.blocks_per_row();
         let outs = out.chunks_exact_mut(QK);
@@ -211,19 +210,24 @@ impl QMatrix {
 
     /// `out[i][r] = x[i] · row r`, with `out` holding `x.rows` rows of
     /// `self.rows` values.
-    pub fn matmul(&self, x: &Activations, out: &mut [f32]) {
-        self.matmul_with(Kernel::detect(), x, out);
+    pub fn matmul(&self, pool: &dyn Pool, x: &Activations, out: &mut [f32]) {
+        self.matmul_with(Kernel::detect(), pool, x, out);
     }
 
-    pub fn matmul_with(&self, kernel: Kernel, x: &Activations, out: &mut [f32]) {
+    pub(crate) fn matmul_with(
+        &self,
+        kernel: Kernel,
+        pool: &dyn Pool,
+        x: &Activations,
+        out: &mut [f32],
+    ) {
         assert_eq!(x.blocks_per_row, self.blocks_per_row(), "inner dimensions");
         assert_eq!(out.len(), x.rows * self.rows, "output size");
-        let pool = candle_core::utils::barrier_pool();
-        let threads = pool.n_workers() + 1;
+        let threads = pool.threads();
         if x.rows >= TILE * threads {
             let tiles: Vec<Mutex<&mut [f32]>> =
                 out.chunks_mut(TILE * self.rows).map(Mutex::new).collect();
-            pool.execute_chunked(tiles.len(), |range| {
+            pool.execute_chunked(tiles.len(), &|range| {
                 for t in range {
                     let mut tile = tiles[t].lock().unwrap_or_else(|e| e.into_inner());
                     self.tile(kernel, x, t * TILE, &mut tile);
@@ -236,7 +240,7 @@ impl QMatrix {
             let act = x.row(i);
             let chunks: Vec<Mutex<&mut [f32]>> =
                 out_row.chunks_mut(chunk).map(Mutex::new).collect();
-            pool.execute_chunked(chunks.len(), |range| {
+            pool.execute_chunked(chunks.len(), &|range| {
                 for c in range {
                     let mut part = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
                     for (j, y) in part.iter_mut().enumerate() {
@@ -264,7 +268,6 @@ impl QMatrix {
         }
     }
 
-    #[allow(unsafe_code)]
     fn dot<const N: usize>(&self, kernel: Kernel, r: usize, acts: [&[BlockQ8]; N]) -> [f32; N] {
         let span = r * self.blocks_per_row()..(r + 1) * self.blocks_per_row();
         match (&self.blocks, kernel) {
@@ -278,6 +281,7 @@ impl QMatrix {
             // and F16C (`x86::available`).
             #[cfg(target_arch = "x86_64")]
             (Blocks::Q4_1(b), Kernel::Avx2) => unsafe { x86::dot_q4_1::<N>(&b[span], acts) },
+            // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             (Blocks::Q8_0(b), Kernel::Avx2) => unsafe { x86::dot_q8_0::<N>(&b[span], acts) },
         }
@@ -286,12 +290,12 @@ impl QMatrix {
 
 /// Attention scores of query `q` against `out.len()` keys, `stride` apart
 /// in `keys`: `out[j] = scale * (q · key j)`.
+#[inline]
 pub fn scores(q: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
     scores_with(Kernel::detect(), q, keys, stride, scale, out);
 }
 
-#[allow(unsafe_code)]
-pub fn scores_with(
+pub(crate) fn scores_with(
     kernel: Kernel,
     q: &[f32],
     keys: &[f32],
@@ -312,12 +316,12 @@ pub fn scores_with(
 
 /// The values, `stride` apart in `values`, weighted by `w` and summed:
 /// `out = sum_j w[j] * value j`.
+#[inline]
 pub fn weighted_sum(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     weighted_sum_with(Kernel::detect(), w, values, stride, out);
 }
 
-#[allow(unsafe_code)]
-pub fn weighted_sum_with(
+pub(crate) fn weighted_sum_with(
     kernel: Kernel,
     w: &[f32],
     values: &[f32],

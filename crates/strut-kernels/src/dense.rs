@@ -8,30 +8,43 @@
 
 use std::sync::OnceLock;
 
-use super::ops::Activation;
+use crate::ops::Activation;
+use crate::{Pool, ShapeError};
 
 /// Output columns per weight panel: two AVX-512 registers.
-pub const NR: usize = 32;
+const NR: usize = 32;
 /// Activation rows per tile: 12 x 2 accumulators leave registers for the
 /// weights and the broadcast.
-pub const MR: usize = 12;
+const MR: usize = 12;
 /// Activation rows handled per work item: a block of them (at `k` 1536,
 /// ~1.2 MB packed) stays in L2 while the item's weight panels go by.
 const ROWS_PER_ITEM: usize = 16 * MR;
 
+/// Which build of the dense and element-wise kernels runs; chosen once per
+/// process. Private: a caller naming a kernel its CPU lacks would run
+/// instructions it does not have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
 
 impl Kernel {
-    pub fn detect() -> Self {
+    #[inline]
+    pub(crate) fn detect() -> Self {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
+            // Every feature that `ops`' AVX-512 build enables, not only the
+            // tile's AVX-512F: hosts with F have had the rest since Skylake,
+            // but a Xeon Phi has F without BW, DQ or VL.
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return Kernel::Avx512;
             }
             Kernel::Portable
@@ -59,14 +72,14 @@ pub struct Packed {
 impl Packed {
     /// `x` (`rows x k`, row-major) as blocks of `MR` rows, each `[k][MR]`,
     /// the last block zero-padded.
-    pub fn pack(&mut self, x: &[f32], rows: usize) {
+    pub fn pack(&mut self, pool: &dyn Pool, x: &[f32], rows: usize) {
         let k = x.len() / rows.max(1);
         let blocks = rows.div_ceil(MR);
         self.rows = rows;
         // No clearing: the padding rows of the last block only ever reach
         // accumulator rows that are not stored.
         self.data.resize(blocks * k * MR, 0.0);
-        super::ops::par_chunks(&mut self.data, (k * MR).max(1), |b, block| {
+        crate::par_chunks(pool, &mut self.data, (k * MR).max(1), |b, block| {
             for r in 0..MR.min(rows - b * MR) {
                 let row = &x[(b * MR + r) * k..][..k];
                 for (kk, &v) in row.iter().enumerate() {
@@ -81,11 +94,13 @@ impl Dense {
     /// The weight `[out, in]` row-major, given as parts stacked by rows
     /// (query, key and value make one layer), read straight from the
     /// checkpoint's buffers; `bias` has `out` entries.
-    pub fn new(parts: &[&[f32]], bias: &[f32], inp: usize) -> candle_core::Result<Self> {
+    pub fn new(parts: &[&[f32]], bias: &[f32], inp: usize) -> Result<Self, ShapeError> {
         let out = bias.len();
         let weights: usize = parts.iter().map(|p| p.len()).sum();
         if weights != out * inp || out == 0 {
-            candle_core::bail!("a {out} x {inp} layer got {weights} weights");
+            return Err(ShapeError(format!(
+                "a {out} x {inp} layer got {weights} weights"
+            )));
         }
         let n_panels = out.div_ceil(NR);
         let mut panels = vec![0.0; n_panels * inp * NR];
@@ -106,23 +121,32 @@ impl Dense {
         })
     }
 
+    #[inline]
     pub fn out_features(&self) -> usize {
         self.out
     }
 
+    #[inline]
     pub fn in_features(&self) -> usize {
         self.inp
     }
 
-    /// `y` (`x.rows x out`) `= act(x W^T + b)`, spread over candle's
-    /// barrier pool in items of (a block of rows, one panel), so that a
-    /// straggling core's share is picked up by the others. The activation
-    /// runs on each tile while it is still in L1.
-    pub fn forward(&self, x: &Packed, y: &mut [f32], act: Option<Activation>) {
-        self.forward_with(Kernel::detect(), x, y, act)
+    /// `y` (`x.rows x out`) `= act(x W^T + b)`, spread over `pool` in items
+    /// of (a block of rows, one panel), so that a straggling core's share is
+    /// picked up by the others. The activation runs on each tile while it is
+    /// still in L1.
+    pub fn forward(&self, pool: &dyn Pool, x: &Packed, y: &mut [f32], act: Option<Activation>) {
+        self.forward_with(Kernel::detect(), pool, x, y, act)
     }
 
-    pub fn forward_with(&self, kernel: Kernel, x: &Packed, y: &mut [f32], act: Option<Activation>) {
+    pub(crate) fn forward_with(
+        &self,
+        kernel: Kernel,
+        pool: &dyn Pool,
+        x: &Packed,
+        y: &mut [f32],
+        act: Option<Activation>,
+    ) {
         assert_eq!(y.len(), x.rows * self.out, "output size");
         assert_eq!(
             x.data.len(),
@@ -151,8 +175,7 @@ impl Dense {
                 tile_product(kernel, block, panel, bias, tile, act);
             }
         };
-        candle_core::utils::barrier_pool()
-            .execute_chunked(groups * n_panels, |range| range.for_each(item));
+        pool.execute_chunked(groups * n_panels, &|range| range.for_each(item));
     }
 }
 
@@ -161,9 +184,8 @@ impl Dense {
 struct SharedOut(*mut f32);
 // SAFETY: every work item writes only its own tile (its rows x its panel's
 // columns), and `forward` holds `&mut y` until all items have finished.
-#[allow(unsafe_code)]
 unsafe impl Send for SharedOut {}
-#[allow(unsafe_code)]
+// SAFETY: as for `Send`: shared between items that write disjoint tiles.
 unsafe impl Sync for SharedOut {}
 
 /// Where one `rows x cols` tile goes in the output.
@@ -176,7 +198,6 @@ struct Tile {
     cols: usize,
 }
 
-#[allow(unsafe_code)]
 fn tile_product(
     kernel: Kernel,
     block: &[f32],
@@ -219,7 +240,7 @@ fn tile_product(
     }
     if let Some(act) = act {
         for r in 0..tile.rows {
-            super::ops::activate(row(r), act);
+            crate::ops::activate(row(r), act);
         }
     }
 }
@@ -238,7 +259,6 @@ fn portable_tile(k: usize, block: &[f32], panel: &[f32], bias: &[f32], acc: &mut
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -268,8 +288,8 @@ mod x86 {
         assert!(block.len() >= k * MR && panel.len() >= k * NR && bias.len() >= NR);
         assert!(rows <= MR && cols <= NR);
         let (x, w) = (block.as_ptr(), panel.as_ptr());
-        // SAFETY (whole body): reads stay inside the slices asserted above,
-        // writes inside the caller's tile.
+        // SAFETY: the whole body: reads stay inside the slices asserted
+        // above, writes inside the caller's tile (this function's contract).
         unsafe {
             let b0 = _mm512_loadu_ps(bias.as_ptr());
             let b1 = _mm512_loadu_ps(bias.as_ptr().add(16));
@@ -307,6 +327,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TestPool;
 
     fn naive(x: &[f32], rows: usize, w: &[f32], b: &[f32], out: usize) -> Vec<f32> {
         let inp = x.len() / rows;
@@ -352,10 +373,10 @@ mod tests {
             let (top, bottom) = w.split_at(inp * (out / 2));
             let dense = Dense::new(&[top, bottom], &b, inp).unwrap();
             let mut packed = Packed::default();
-            packed.pack(&x, rows);
+            packed.pack(&TestPool(2), &x, rows);
             for kernel in kernels() {
                 let mut y = vec![f32::NAN; rows * out];
-                dense.forward_with(kernel, &packed, &mut y, None);
+                dense.forward_with(kernel, &TestPool(3), &packed, &mut y, None);
                 for (i, (a, b)) in y.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-4,

@@ -1,49 +1,7 @@
-//! The Hugging Face hub cache (`$HF_HOME/hub/models--owner--name/snapshots/<rev>/`) and the
-//! size arithmetic a model's `config.json` allows.
-
-use std::path::{Path, PathBuf};
+//! The size arithmetic a model's `config.json` allows: parameter count, KV-cache bytes per
+//! token, and the precision its own quantisation declares.
 
 use serde_json::Value as Json;
-
-/// The hub cache directory: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-/// `~/.cache/huggingface/hub`, as huggingface_hub resolves it.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-}
-
-/// The snapshot directory for `repo` at `revision` (a branch, tag or commit), falling back to
-/// `main` and then to the most recently written snapshot.
-pub fn snapshot(cache: &Path, repo: &str, revision: Option<&str>) -> Option<PathBuf> {
-    let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let snapshots = dir.join("snapshots");
-    let by_ref = |r: &str| -> Option<PathBuf> {
-        let direct = snapshots.join(r);
-        if direct.is_dir() {
-            return Some(direct);
-        }
-        let sha = std::fs::read_to_string(dir.join("refs").join(r)).ok()?;
-        let p = snapshots.join(sha.trim());
-        p.is_dir().then_some(p)
-    };
-    if let Some(p) = revision.filter(|r| !r.is_empty()).and_then(by_ref) {
-        return Some(p);
-    }
-    if let Some(p) = by_ref("main") {
-        return Some(p);
-    }
-    std::fs::read_dir(&snapshots)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .map(|e| e.path())
-}
 
 /// The shape of a transformer, read from config.json.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,9 +3,7 @@
 //! kept in 16 lanes) and compiled a second time for AVX-512 hosts; libm's
 //! scalar `erff` alone was 15% of a batch in candle's forward.
 
-use std::sync::Mutex;
-
-use super::dense::Kernel;
+use crate::dense::Kernel;
 
 /// Calls the AVX-512 build of an `*_impl` function on hosts that have it,
 /// the baseline build elsewhere. Both builds are the same source.
@@ -13,8 +11,8 @@ macro_rules! dispatch {
     ($f:ident($($arg:expr),*)) => {{
         match Kernel::detect() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: chosen only when AVX-512F was detected.
-            #[allow(unsafe_code)]
+            // SAFETY: `Kernel::Avx512` is chosen only on hosts with every
+            // feature the `avx512` builds enable (`Kernel::detect`).
             Kernel::Avx512 => unsafe { avx512::$f($($arg),*) },
             Kernel::Portable => $f($($arg),*),
         }
@@ -37,25 +35,15 @@ macro_rules! kernels {
     };
 }
 
-/// Runs `f(chunk index, chunk)` over `chunk`-sized pieces of `buf` on
-/// candle's barrier pool.
-pub fn par_chunks(buf: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let pieces: Vec<Mutex<&mut [f32]>> = buf.chunks_mut(chunk).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(pieces.len(), |range| {
-        for i in range {
-            let mut piece = pieces[i].lock().unwrap_or_else(|e| e.into_inner());
-            f(i, &mut piece);
-        }
-    });
-}
-
 /// `x = LayerNorm(x + residual)` for one row (pass an empty `residual` for
 /// none), as PyTorch computes it: biased variance, eps inside the root.
+#[inline]
 pub fn add_layer_norm(x: &mut [f32], residual: &[f32], weight: &[f32], bias: &[f32], eps: f32) {
     dispatch!(add_layer_norm_impl(x, residual, weight, bias, eps))
 }
 
 /// Applies `act` to every value.
+#[inline]
 pub fn activate(x: &mut [f32], act: Activation) {
     match act {
         Activation::GeluErf => dispatch!(gelu_erf_impl(x)),
@@ -65,6 +53,7 @@ pub fn activate(x: &mut [f32], act: Activation) {
 }
 
 /// In place, over one row of scores.
+#[inline]
 pub fn softmax(x: &mut [f32]) {
     dispatch!(softmax_impl(x))
 }
@@ -146,7 +135,7 @@ fn sum(x: &[f32]) -> f32 {
 /// `e^x` to ~2 ulp over f32's range, from arithmetic only: `2^n e^r` with
 /// `|r| <= ln2 / 2` and a degree-6 polynomial for `e^r`.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + SHIFTER;
@@ -166,7 +155,7 @@ pub fn exp(x: f32) -> f32 {
 /// series takes over. Both are computed and
 /// one selected, so the loop stays branch-free and vectorises.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+fn erf(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     let poly = t

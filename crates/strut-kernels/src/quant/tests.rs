@@ -1,4 +1,5 @@
 use super::*;
+use crate::TestPool;
 
 /// Deterministic pseudo-random numbers (splitmix64), so a failure reproduces.
 struct Rng(u64);
@@ -94,7 +95,8 @@ fn product(m: &QMatrix, kernel: Kernel, x: &[f32], n: usize) -> Vec<f32> {
     let mut acts = Activations::default();
     acts.quantize(x, n);
     let mut out = vec![f32::NAN; n * m.rows()];
-    m.matmul_with(kernel, &acts, &mut out);
+    // Two threads, as on the project's VMs: `TOKENS` then takes every path.
+    m.matmul_with(kernel, &TestPool(2), &acts, &mut out);
     out
 }
 
