@@ -62,6 +62,30 @@ async fn sync_predictions_have_cogs_shape_with_logs_and_metrics() {
 }
 
 #[tokio::test]
+async fn sse_goes_out_with_the_same_headers_as_every_stream() {
+    let probe = Probe::new();
+    let (server, _deployment, _dir) =
+        serve_async(common::spec("Scripted", 1), &probe, settings()).await;
+    let response = client()
+        .post(format!("{}/predictions", server.url))
+        .header("accept", "text/event-stream")
+        .json(&json!({"input": {"stream": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(
+        headers["x-accel-buffering"], "no",
+        "proxies must not buffer"
+    );
+    assert!(response.text().await.unwrap().contains("event: completed"));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn sse_streams_start_outputs_logs_and_completed() {
     let probe = Probe::new();
     let (server, _deployment, _dir) =

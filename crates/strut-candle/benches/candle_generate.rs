@@ -27,6 +27,7 @@ async fn measure(model: &dyn strut_model::AsyncModel, prompt: &str) -> (f64, f64
         };
         let request = GenerateRequest {
             prompt: Prompt::Text(prompt.to_owned()),
+            prompt_tokens: None,
             params,
         };
         let start = Instant::now();

@@ -214,8 +214,8 @@ impl TextGeneration for Engine {
         self.context_length
     }
 
-    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, ModelError> {
-        self.prompt_ids(prompt).map(|ids| ids.len())
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, ModelError> {
+        self.prompt_ids(prompt)
     }
 
     fn tokenizer_files(&self) -> Option<TokenizerFiles> {
@@ -227,11 +227,15 @@ impl TextGeneration for Engine {
 
     async fn generate(
         &self,
-        request: GenerateRequest,
+        mut request: GenerateRequest,
         ctx: &RequestContext,
     ) -> Result<GenerationStream, ModelError> {
         sampling::validate(&request.params)?;
-        let prompt = self.prompt_ids(&request.prompt)?;
+        // The server tokenized the prompt already, to check the context.
+        let prompt = match request.prompt_tokens.take() {
+            Some(ids) => ids,
+            None => self.prompt_ids(&request.prompt)?,
+        };
         let limit = self.context_length;
         if prompt.is_empty() {
             return Err(ModelError::invalid_input("the prompt has no tokens"));

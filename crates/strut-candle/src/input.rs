@@ -163,7 +163,12 @@ pub fn generate_request(input: &Value) -> Result<(GenerateRequest, bool), ModelE
         Some(other) => return Err(wrong("stop", "a string or an array of strings", other)),
     };
     let stream = boolean("stream")?.unwrap_or(false);
-    Ok((GenerateRequest { prompt, params }, stream))
+    let request = GenerateRequest {
+        prompt,
+        prompt_tokens: None,
+        params,
+    };
+    Ok((request, stream))
 }
 
 fn messages(items: &[Value]) -> Result<Vec<ChatMessage>, ModelError> {

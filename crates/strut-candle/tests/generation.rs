@@ -34,6 +34,7 @@ async fn greedy_ids(model: &dyn AsyncModel, prompt: &str, max_tokens: u32) -> Ve
     };
     let request = GenerateRequest {
         prompt: Prompt::Text(prompt.into()),
+        prompt_tokens: None,
         params,
     };
     let mut events = generation.generate(request, &ctx()).await.unwrap();
@@ -378,6 +379,7 @@ async fn cancelling_a_request_stops_its_generation() {
     };
     let request = GenerateRequest {
         prompt: Prompt::Text("Once upon a time".into()),
+        prompt_tokens: None,
         params,
     };
     let ctx = ctx();

@@ -153,6 +153,7 @@ async fn sharded_safetensors_llama_generates_like_a_cacheless_reference() {
     };
     let request = GenerateRequest {
         prompt: Prompt::Text("The quick brown fox".into()),
+        prompt_tokens: None,
         params,
     };
     let mut ids = Vec::new();

@@ -61,6 +61,11 @@ impl Default for SamplingParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
+    /// The prompt as this model's [`TextGeneration::tokenize`] gave it, when
+    /// the caller has tokenized it already (the server does, to check the
+    /// context): a model generates from these rather than tokenizing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<Vec<u32>>,
     #[serde(default)]
     pub params: SamplingParams,
 }
@@ -99,9 +104,14 @@ pub trait TextGeneration: Send + Sync {
     fn model_id(&self) -> &str;
     /// Maximum prompt plus generated tokens.
     fn context_length(&self) -> usize;
-    /// Renders a chat in the model's own template and tokenizes it; lets
-    /// routes report prompt sizes and validate before generating.
-    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, ModelError>;
+    /// Renders a chat in the model's own template and tokenizes it. The
+    /// server does it once per request, checks the context with the result
+    /// and passes it on in [`GenerateRequest::prompt_tokens`].
+    fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, ModelError>;
+    /// How many tokens the prompt takes.
+    fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, ModelError> {
+        self.tokenize(prompt).map(|tokens| tokens.len())
+    }
     async fn generate(
         &self,
         request: GenerateRequest,

@@ -122,6 +122,16 @@ fn media_type(value: Option<&HeaderValue>) -> Option<&str> {
     Some(value.split(';').next()?.trim())
 }
 
+/// A request body, size-limited and decoded.
+pub async fn read_input(
+    limits: &crate::Limits,
+    format: BodyFormat,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let bytes = read_body(body, limits.max_body_bytes).await?;
+    format.decode(&bytes)
+}
+
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {

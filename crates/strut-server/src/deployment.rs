@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
 use strut_model::{InitContext, Registry, Telemetry};
 use tokio::sync::{Notify, watch};
 
@@ -16,6 +17,20 @@ use crate::admission::Admission;
 use crate::metrics::{DeploymentSeries, Metrics, ModelTelemetry};
 use crate::runner::{LoadedModel, panic_message};
 use crate::{ApiError, Limits};
+
+/// Names the deployment that served a request, so clients (and tests) can
+/// see where a promotion switched them over.
+pub const DEPLOYMENT_HEADER: &str = "x-strut-deployment";
+pub(crate) const DEPLOYMENT_HEADER_NAME: HeaderName = HeaderName::from_static(DEPLOYMENT_HEADER);
+
+/// Sets [`DEPLOYMENT_HEADER`] on a response.
+pub(crate) fn name_deployment(response: &mut Response, deployment: &Deployment) {
+    if let Some(value) = deployment.header_value() {
+        response
+            .headers_mut()
+            .insert(DEPLOYMENT_HEADER_NAME, value.clone());
+    }
+}
 
 /// What a deployment is made from; built from config.yaml by [`crate::spec_from_dir`].
 #[derive(Debug, Clone)]

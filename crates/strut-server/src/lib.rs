@@ -9,6 +9,7 @@ mod control;
 mod deployment;
 mod error;
 mod metrics;
+mod pipeline;
 mod queue;
 mod request;
 mod routes;
@@ -16,8 +17,10 @@ mod runner;
 mod secrets;
 mod settings;
 mod spec;
+mod sse;
 mod state;
 mod streaming;
+mod target;
 
 use std::future::{Future, IntoFuture};
 use std::path::Path;
@@ -30,14 +33,13 @@ use tokio_util::sync::CancellationToken;
 pub use admission::{Admission, Permit};
 pub use axum::http::HeaderMap;
 pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP};
-pub use deployment::{Deployment, DeploymentSpec, InFlight, LoadState};
+pub use deployment::{DEPLOYMENT_HEADER, Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
 pub use queue::{AsyncSettings, WebhookCa, WebhookCaError, install_crypto_provider};
 pub use request::{REQUEST_ID_HEADER, TraceContextHook, TracingLogSink, set_trace_context_hook};
-pub use routes::DEPLOYMENT_HEADER;
 pub use runner::LoadedModel;
 pub use secrets::{SecretsError, resolve_secrets};
-pub use settings::Limits;
+pub use settings::{Durability, Limits, Settings, SettingsError};
 pub use spec::{
     SpecError, SpecOptions, load_validated, log_diagnostics, new_deployment_id, spec_for,
 };

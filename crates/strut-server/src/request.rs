@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use strut_model::{LogLevel, LogSink};
 use tower::{Layer, Service};
 
-use crate::routes::predict::DEPLOYMENT_HEADER_NAME;
+use crate::deployment::DEPLOYMENT_HEADER_NAME;
 use crate::runner::panic_message;
 use crate::{ApiError, AppState};
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use strut_model::{Chunk, ChunkIter, ChunkStream, ModelError};
@@ -117,38 +116,22 @@ pub fn octet_response(stream: ByteStream) -> Response {
     response
 }
 
-/// Server-Sent Events: each chunk is one `data:` event; an error becomes an
-/// `event: error` whose data is the JSON error body, and ends the stream.
-pub fn sse_response(stream: ByteStream) -> Response {
-    let events = stream.map(|item| {
-        Ok::<_, std::convert::Infallible>(match item {
-            Ok(bytes) => Event::default().data(sse_safe(&bytes)),
-            Err(err) => Event::default().event("error").data(err.body().to_string()),
-        })
-    });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    // Proxies such as nginx buffer responses unless told not to.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
-}
-
-/// SSE lines end at CR or LF; a chunk's line breaks become separate `data:`
-/// lines (which a client joins with LF) and a lone CR would split an event.
-fn sse_safe(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .replace("\r\n", "\n")
-        .replace('\r', "\n")
-}
-
 /// The whole stream as one JSON string, for clients that asked for JSON.
-pub async fn collect(mut stream: ByteStream) -> Result<String, ApiError> {
-    let mut buf = BytesMut::new();
+pub async fn collect(stream: ByteStream) -> Result<String, ApiError> {
+    text(collect_chunks(stream).await?.concat())
+}
+
+/// Every chunk of the stream, the first error ending it: the one place a
+/// stream is collected.
+pub async fn collect_chunks(mut stream: ByteStream) -> Result<Vec<Bytes>, ApiError> {
+    let mut chunks = Vec::new();
     while let Some(bytes) = stream.next().await {
-        buf.extend_from_slice(&bytes?);
+        chunks.push(bytes?);
     }
-    String::from_utf8(buf.to_vec()).map_err(|_| ApiError::BinaryStream)
+    Ok(chunks)
+}
+
+/// Collected bytes as text: JSON strings cannot hold binary chunks.
+pub fn text(bytes: Vec<u8>) -> Result<String, ApiError> {
+    String::from_utf8(bytes).map_err(|_| ApiError::BinaryStream)
 }

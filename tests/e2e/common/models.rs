@@ -241,6 +241,8 @@ pub fn registry(probe: &Arc<Probe>) -> Registry {
 pub struct TalkProbe {
     pub requests: Mutex<Vec<strut_model::capabilities::GenerateRequest>>,
     pub cancelled: AtomicUsize,
+    /// Prompts rendered and tokenized.
+    pub tokenized: AtomicUsize,
 }
 
 /// A deterministic model with the OpenAI capabilities and no weights: it
@@ -412,13 +414,12 @@ impl strut_model::capabilities::TextGeneration for Talk {
         Talker::CONTEXT
     }
 
-    fn count_prompt_tokens(
-        &self,
-        prompt: &strut_model::capabilities::Prompt,
-    ) -> Result<usize, ModelError> {
+    /// A token per word (all id 0): the talker counts, it does not read.
+    fn tokenize(&self, prompt: &strut_model::capabilities::Prompt) -> Result<Vec<u32>, ModelError> {
+        self.0.tokenized.fetch_add(1, Ordering::SeqCst);
         match words(prompt) {
             0 => Err(ModelError::invalid_input("the prompt is empty")),
-            n => Ok(n),
+            n => Ok(vec![0; n]),
         }
     }
 

@@ -290,3 +290,32 @@ async fn a_stream_holds_its_slot_and_a_client_that_leaves_stops_the_model() {
     .await;
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_prompt_is_tokenized_once_and_generated_from_those_tokens() {
+    let served = serve("Talker").await;
+    // The talker's tokens are its words, and a chat message's role is one.
+    for (path, body, tokens) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "Say hello there", "max_tokens": 1}),
+            3,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Say hello there"}], "max_tokens": 1}),
+            4,
+        ),
+    ] {
+        let before = served.probe.tokenized.load(Ordering::SeqCst);
+        let reply = post(&served.router, path, &body).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        assert_eq!(
+            served.probe.tokenized.load(Ordering::SeqCst) - before,
+            1,
+            "{path}: one tokenization for the context check and the generation"
+        );
+        let seen = served.probe.requests.lock().unwrap().pop().unwrap();
+        assert_eq!(seen.prompt_tokens, Some(vec![0; tokens]), "{path}");
+    }
+}

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use http_body::Body as HttpBody;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +24,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::AppState;
-use crate::streaming::ByteStream;
 
 mod model;
 pub use model::ModelTelemetry;
@@ -476,11 +476,18 @@ impl http_body::Body for TimedBody {
 }
 
 /// Records a stream's time to first chunk.
-pub fn time_first_chunk(stream: ByteStream, histogram: Histogram, started: Instant) -> ByteStream {
+///
+/// `counts` says which items are chunks (an error is not).
+pub fn time_first_chunk<T: Send + 'static>(
+    stream: BoxStream<'static, T>,
+    counts: fn(&T) -> bool,
+    histogram: Histogram,
+    started: Instant,
+) -> BoxStream<'static, T> {
     let mut pending = Some(histogram);
     stream
         .inspect(move |item| {
-            if item.is_ok()
+            if counts(item)
                 && let Some(h) = pending.take()
             {
                 h.observe(started.elapsed().as_secs_f64());

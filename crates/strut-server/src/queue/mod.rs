@@ -24,7 +24,7 @@ use logs::Capture;
 
 pub use tls::{WebhookCa, WebhookCaError, install_crypto_provider};
 pub(crate) use webhook::cog_event;
-pub(crate) use worker::{cog_snapshot, output_of, rfc3339};
+pub(crate) use worker::{cog_snapshot, rfc3339};
 
 /// How async work is run and reported; `strut serve` fills it from its flags.
 #[derive(Debug, Clone)]

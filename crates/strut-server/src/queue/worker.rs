@@ -3,11 +3,9 @@
 //! slots; then records how it ended, exactly once, and wakes the webhooks.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{Value, json};
-use strut_model::RequestContext;
 use strut_queue::{ErrorEntry, Outcome, Protocol, Record, Status, now_ms};
 use tracing::Instrument;
 
@@ -15,7 +13,8 @@ use super::logs::CaptureSink;
 use super::{AsyncQueue, Running};
 use crate::codec::StreamMode;
 use crate::deployment::{Deployment, LoadState};
-use crate::routes::predict::{Admit, Reply, infer};
+use crate::pipeline::{Admit, Call};
+use crate::target::Target;
 use crate::{ApiError, AppState};
 
 /// How often the dispatcher looks again with nothing to do (retries come due
@@ -110,13 +109,7 @@ async fn idle(queue: &AsyncQueue) {
 
 /// `env:<name>` or `deployment:<id>`, as the routes wrote it.
 fn resolve(state: &AppState, target: &str) -> Result<Arc<Deployment>, ApiError> {
-    match target.split_once(':') {
-        Some(("env", name)) => state.environment(name),
-        Some(("deployment", id)) => state.deployment(id),
-        _ => Err(ApiError::Internal(format!(
-            "unknown async target `{target}`"
-        ))),
-    }
+    Target::from_queue_key(target)?.resolve(state)
 }
 
 /// A request whose target cannot serve fails rather than blocking the queue.
@@ -137,7 +130,7 @@ async fn fail_next(queue: &AsyncQueue, target: &str, err: &ApiError) {
 async fn run(
     state: &AppState,
     queue: &AsyncQueue,
-    deployment: &Deployment,
+    deployment: &Arc<Deployment>,
     record: Record,
     running: Arc<Running>,
 ) {
@@ -147,42 +140,30 @@ async fn run(
         server: state.log_sink().clone(),
         capture: running.capture.clone(),
     };
-    let timeout = state.limits().request_timeout;
-    let deadline = Instant::now() + timeout;
-    let ctx = RequestContext::new(
-        record.id.as_str(),
+    let call = Call::owned(
+        state.clone(),
+        deployment.clone(),
+        &record.id,
         running.token.clone(),
-        Some(Arc::new(sink)),
-        Some(deadline),
+        Arc::new(sink),
+        Admit::Wait,
     );
     let cog = record.protocol == Protocol::Cog;
     let mut progress = cog.then(|| super::webhook::cog_progress(queue, &record, &running));
     if let Some(progress) = &mut progress {
         progress.started().await;
     }
-    let work = async {
-        let model = deployment.model()?;
+    let work = call.within_deadline(async {
+        let model = call.model()?;
         // Cog lists a stream's chunks; Baseten's async output is one value.
         let mode = if cog {
             StreamMode::Raw
         } else {
             StreamMode::Collect
         };
-        let reply = infer(
-            state,
-            deployment,
-            &model,
-            &ctx,
-            record.input.clone(),
-            mode,
-            Instant::now(),
-            Admit::Wait,
-        );
-        match tokio::time::timeout_at(deadline.into(), reply).await {
-            Ok(reply) => output_of(reply?).await,
-            Err(_) => Err(ApiError::Timeout(timeout.as_secs())),
-        }
-    };
+        let reply = call.predict(&model, record.input.clone(), mode).await?;
+        reply.into_value(cog).await
+    });
     let result = work.instrument(span.clone()).await;
     let logs = running.capture.lines();
     let outcome = match result {
@@ -232,24 +213,6 @@ async fn run(
     }
     queue.done(&record.id);
     finish(queue, &record, outcome).await;
-}
-
-/// A collected reply as the stored output: a stream becomes its text
-/// (Baseten) or the list of its chunks (Cog, as `Iterator` outputs are).
-pub(crate) async fn output_of(reply: Reply) -> Result<Value, ApiError> {
-    match reply {
-        Reply::Json(value) => Ok(value),
-        Reply::Collected(text) => Ok(Value::String(text)),
-        Reply::Stream(mut stream) => {
-            let mut chunks = Vec::new();
-            while let Some(bytes) = stream.next().await {
-                let bytes = bytes?;
-                let text = String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::BinaryStream)?;
-                chunks.push(Value::String(text));
-            }
-            Ok(Value::Array(chunks))
-        }
-    }
 }
 
 async fn finish(queue: &AsyncQueue, record: &Record, outcome: Outcome) {

@@ -11,63 +11,21 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use strut_queue::{Cancel, NewRequest, Protocol, Record, RetryConfig, now_ms};
 
-use super::truss::authorize_inference;
+use super::mount::{Form, Target, authorize_inference, every_target};
 use crate::codec::read_body;
 use crate::queue::AsyncQueue;
-use crate::state::{DEVELOPMENT, PRODUCTION};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/async_predict", post(production))
-        .route("/production/async_predict", post(production))
-        .route("/development/async_predict", post(development))
-        .route("/environments/{env}/async_predict", post(environment))
-        .route("/deployment/{id}/async_predict", post(deployment))
         .route("/async_request/{id}", get(status).delete(cancel))
-        .route("/async_queue_status", get(production_queue))
-        .route("/production/async_queue_status", get(production_queue))
-        .route("/development/async_queue_status", get(development_queue))
-        .route(
-            "/environments/{env}/async_queue_status",
-            get(environment_queue),
-        )
-        .route("/deployment/{id}/async_queue_status", get(deployment_queue))
+        .merge(every_target(per_target, Form::Direct))
 }
 
-async fn production(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let target = target_env(&state, PRODUCTION);
-    submit(state, target, headers, body).await
-}
-
-async fn development(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let target = target_env(&state, DEVELOPMENT);
-    submit(state, target, headers, body).await
-}
-
-async fn environment(
-    State(state): State<AppState>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let target = target_env(&state, &env);
-    submit(state, target, headers, body).await
-}
-
-async fn deployment(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let target = state.deployment(&id).map(|_| format!("deployment:{id}"));
-    submit(state, target, headers, body).await
-}
-
-/// Unknown environments are refused at submission (404), not after queueing.
-fn target_env(state: &AppState, name: &str) -> Result<String, ApiError> {
-    state.environment(name).map(|_| format!("env:{name}"))
+fn per_target() -> Router<AppState> {
+    Router::new()
+        .route("/async_predict", post(submit))
+        .route("/async_queue_status", get(queue_status))
 }
 
 pub(super) fn queue_of(state: &AppState) -> Result<&std::sync::Arc<AsyncQueue>, ApiError> {
@@ -75,14 +33,17 @@ pub(super) fn queue_of(state: &AppState) -> Result<&std::sync::Arc<AsyncQueue>, 
 }
 
 async fn submit(
-    state: AppState,
-    target: Result<String, ApiError>,
+    State(state): State<AppState>,
+    target: Result<Target, ApiError>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let submitted = async {
         authorize_inference(&state, &headers)?;
         let target = target?;
+        // Unknown targets are refused at submission (404), not after queueing.
+        target.resolve(&state)?;
+        let target = target.queue_key();
         let queue = queue_of(&state)?;
         let bytes = read_body(body, queue.settings.max_body_bytes).await?;
         let body: Value =
@@ -309,46 +270,18 @@ async fn cancel(
     }
 }
 
-async fn production_queue(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let deployment = state.environment(PRODUCTION);
-    queue_status(state, deployment, headers).await
-}
-
-async fn development_queue(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let deployment = state.environment(DEVELOPMENT);
-    queue_status(state, deployment, headers).await
-}
-
-async fn environment_queue(
-    State(state): State<AppState>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let deployment = state.environment(&env);
-    queue_status(state, deployment, headers).await
-}
-
-async fn deployment_queue(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    let deployment = state.deployment(&id);
-    queue_status(state, deployment, headers).await
-}
-
 /// Baseten's queue status of the deployment a target resolves to now: what
 /// is queued for it (by its id, or through an environment that points at
 /// it, since queued requests resolve their environment when they start) and
 /// what runs on it.
 async fn queue_status(
-    state: AppState,
-    deployment: Result<std::sync::Arc<crate::deployment::Deployment>, ApiError>,
+    State(state): State<AppState>,
+    target: Result<Target, ApiError>,
     headers: HeaderMap,
 ) -> Response {
     let counted = async {
         authorize_inference(&state, &headers)?;
-        let deployment = deployment?;
+        let deployment = target?.resolve(&state)?;
         let queue = queue_of(&state)?;
         let id = deployment.id();
         let mut targets = vec![format!("deployment:{id}")];

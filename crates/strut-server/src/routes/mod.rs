@@ -5,11 +5,9 @@ mod admin;
 mod async_api;
 mod cog;
 mod kserve;
+mod mount;
 mod openai;
-pub(crate) mod predict;
 mod truss;
-
-pub use predict::DEPLOYMENT_HEADER;
 
 use axum::Router;
 use axum::http::{Method, Uri};

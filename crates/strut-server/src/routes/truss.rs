@@ -3,26 +3,27 @@
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, any, get, post};
+use axum::routing::{any, get, post};
 use serde_json::json;
 
-use super::predict::{name_deployment, predict};
-use crate::deployment::Deployment;
+use super::mount::{Form, Target, every_target, route};
+use crate::codec::read_input;
+use crate::deployment::{Deployment, name_deployment};
+use crate::pipeline::{self, Encoding};
 use crate::request;
-use crate::state::{DEVELOPMENT, PRODUCTION};
+use crate::state::PRODUCTION;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", any(liveness))
         .route("/v1/models/{*rest}", get(model_get).post(model_post))
-        .route("/predict", predict_on(PRODUCTION))
-        .route("/production/predict", predict_on(PRODUCTION))
-        .route("/development/predict", predict_on(DEVELOPMENT))
-        .route("/environments/{env}/predict", post(predict_environment))
-        .route("/deployment/{id}/predict", post(predict_deployment))
+        .merge(every_target(predict_routes, Form::Direct))
+}
+
+fn predict_routes() -> Router<AppState> {
+    Router::new().route("/predict", post(predict))
 }
 
 /// 200 from the moment the process listens, loading or not.
@@ -94,57 +95,24 @@ async fn model_post(
     super::kserve::v1::predict(state, id, headers, body).await
 }
 
-/// The predict route of a fixed environment.
-fn predict_on(environment: &'static str) -> MethodRouter<AppState> {
-    post(move |State(state): State<AppState>, request: Request| {
-        predict_in(state, environment, request)
+/// `POST {target}/predict`: Truss's predict, the body in JSON or msgpack,
+/// a stream as raw chunks, SSE or collected JSON.
+async fn predict(State(state): State<AppState>, target: Target, request: Request) -> Response {
+    let (id, headers, body) = match request::into_parts(request) {
+        Ok(parts) => parts,
+        Err(err) => return err.into_response(),
+    };
+    let routed = match route(&target, &state, &headers) {
+        Ok(routed) => routed,
+        Err(err) => return err.into_response(),
+    };
+    let encoding = Encoding::of_request(&headers);
+    // Not held through the request: the headers share hyper's read buffer.
+    drop(headers);
+    pipeline::serve(state, routed, id, encoding, move |call| async move {
+        let model = call.model()?;
+        let input = read_input(call.state.limits(), encoding.format, body).await?;
+        call.predict(&model, input, encoding.mode).await
     })
-}
-
-async fn predict_environment(
-    State(state): State<AppState>,
-    Path(env): Path<String>,
-    request: Request,
-) -> Response {
-    predict_in(state, &env, request).await
-}
-
-async fn predict_deployment(
-    State(state): State<AppState>,
-    Path(deployment): Path<String>,
-    request: Request,
-) -> Response {
-    let (id, headers, body) = match request::into_parts(request) {
-        Ok(parts) => parts,
-        Err(err) => return err.into_response(),
-    };
-    let routed = authorize_inference(&state, &headers)
-        .and_then(|()| state.deployment(&deployment))
-        .map(|d| d.enter());
-    match routed {
-        Ok(routed) => predict(state, routed, id, headers, body).await,
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn predict_in(state: AppState, environment: &str, request: Request) -> Response {
-    let (id, headers, body) = match request::into_parts(request) {
-        Ok(parts) => parts,
-        Err(err) => return err.into_response(),
-    };
-    let routed = authorize_inference(&state, &headers).and_then(|()| state.route(environment));
-    match routed {
-        Ok(routed) => predict(state, routed, id, headers, body).await,
-        Err(err) => err.into_response(),
-    }
-}
-
-/// With `--protect-inference`, predict routes take the admin API's keys.
-pub(super) fn authorize_inference(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match state.control() {
-        Some(control) if control.settings().protect_inference => {
-            super::admin::authenticate(state, control, headers).map(drop)
-        }
-        _ => Ok(()),
-    }
+    .await
 }

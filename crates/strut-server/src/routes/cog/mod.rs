@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use strut_queue::{Enqueued, NewRequest, Protocol, Record, RetryConfig, now_ms};
 
 use super::async_api::{queue_of, webhook_url};
-use super::truss::authorize_inference;
+use super::mount::authorize_inference;
 use crate::codec::{StreamMode, read_body};
 use crate::deployment::LoadState;
 use crate::queue::{cog_event, cog_snapshot};

@@ -2,24 +2,24 @@
 //! `output`, `log` and `completed` events.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::http::{StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::StatusCode;
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strut_model::RequestContext;
 use strut_queue::{ErrorEntry, Protocol, Record, RetryConfig, Status, now_ms};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec::StreamMode;
+use crate::deployment::InFlight;
+use crate::pipeline::{Admit, Call, Reply};
 use crate::queue::logs::CaptureSink;
-use crate::queue::{Running, cog_snapshot, output_of};
-use crate::routes::predict::{Admit, Reply, infer};
+use crate::queue::{Running, cog_snapshot};
+use crate::runner::LoadedModel;
 use crate::state::PRODUCTION;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, sse};
 
 /// A sync prediction: registered for cancel while it runs, logs captured.
 pub(super) async fn predict_now(state: AppState, id: String, input: Value, sse: bool) -> Response {
@@ -40,36 +40,28 @@ pub(super) async fn predict_now(state: AppState, id: String, input: Value, sse: 
         server: state.log_sink().clone(),
         capture: running.capture.clone(),
     };
-    let timeout = state.limits().request_timeout;
-    let deadline = Instant::now() + timeout;
-    let ctx = RequestContext::new(
-        id.as_str(),
+    let call = Call::owned(
+        state.clone(),
+        deployment,
+        &id,
         running.token.clone(),
-        Some(Arc::new(sink)),
-        Some(deadline),
+        Arc::new(sink),
+        Admit::Bounded,
     );
     let mut record = sync_record(&id, input.clone());
     if sse {
-        return sse_prediction(state, deployment, model, ctx, running, record, routed).await;
+        return sse_prediction(call, model, running, record, routed).await;
     }
     // The client leaving cancels the work.
     let _on_drop = running.token.clone().drop_guard();
     record.started_ms = Some(now_ms());
-    let reply = infer(
-        &state,
-        &deployment,
-        &model,
-        &ctx,
-        input,
-        StreamMode::Raw,
-        Instant::now(),
-        Admit::Bounded,
-    );
-    let result = match tokio::time::timeout_at(deadline.into(), reply).await {
-        Ok(Ok(reply)) => output_of(reply).await,
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err(ApiError::Timeout(timeout.as_secs())),
-    };
+    let result = call
+        .within_deadline(async {
+            let reply = call.predict(&model, input, StreamMode::Raw).await?;
+            // Cog lists a stream's chunks, as `Iterator` outputs are.
+            reply.into_value(true).await
+        })
+        .await;
     if let Some(queue) = state.async_queue() {
         queue.done(&id);
     }
@@ -146,13 +138,11 @@ fn sync_record(id: &str, input: Value) -> Record {
 /// Cog's SSE: `start`, then `output` (`{chunk, index}`) and `log` events as
 /// they happen, then `completed` with the final state.
 async fn sse_prediction(
-    state: AppState,
-    deployment: Arc<crate::deployment::Deployment>,
-    model: Arc<crate::runner::LoadedModel>,
-    ctx: RequestContext,
+    call: Call,
+    model: Arc<LoadedModel>,
     running: Arc<Running>,
     mut record: Record,
-    routed: crate::deployment::InFlight,
+    routed: InFlight,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let (log_tx, mut log_rx) = mpsc::channel(256);
@@ -180,17 +170,7 @@ async fn sse_prediction(
             )
         };
         let input = record.input.clone();
-        let reply = infer(
-            &state,
-            &deployment,
-            &model,
-            &ctx,
-            input,
-            StreamMode::Raw,
-            Instant::now(),
-            Admit::Bounded,
-        )
-        .await;
+        let reply = call.predict(&model, input, StreamMode::Raw).await;
         let mut chunks = Vec::new();
         let mut error = None;
         let mut single = None;
@@ -220,7 +200,10 @@ async fn sse_prediction(
                     .await;
                 single = Some(value);
             }
-            Ok(Reply::Collected(text)) => single = Some(Value::String(text)),
+            Ok(other) => match other.into_value(true).await {
+                Ok(value) => single = Some(value),
+                Err(err) => error = Some(err),
+            },
             Err(err) => error = Some(err),
         }
         while let Ok(line) = log_rx.try_recv() {
@@ -240,20 +223,12 @@ async fn sse_prediction(
                 record.errors = vec![ErrorEntry::new(err.code(), err.public_message())];
             }
         }
-        if let Some(queue) = state.async_queue() {
+        if let Some(queue) = call.state.async_queue() {
             queue.done(&record.id);
         }
         let _ = tx
             .send(event("completed", cog_snapshot(&record, None)))
             .await;
     });
-    let events = ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        "no-cache".parse().expect("static header"),
-    );
-    response
+    sse::response(ReceiverStream::new(rx).boxed())
 }

@@ -16,10 +16,10 @@ use strut_model::capabilities::Embeddings;
 
 use super::tensor::{Datatype, RawTensor, Tensor, TensorError, kind};
 use super::{check_name, embed_texts};
-use crate::codec::{BodyFormat, StreamMode};
+use crate::codec::{BodyFormat, StreamMode, read_input};
+use crate::pipeline::{self, Call, Encoding, Reply};
 use crate::request::RequestId;
-use crate::routes::predict::{Call, Reply, read_input, respond};
-use crate::routes::truss::authorize_inference;
+use crate::routes::mount::{Target, route};
 use crate::runner::LoadedModel;
 use crate::state::PRODUCTION;
 use crate::{ApiError, AppState};
@@ -93,8 +93,7 @@ pub(super) async fn infer(
         )
         .into_response();
     }
-    let routed = authorize_inference(&state, &headers)
-        .and_then(|()| state.route(PRODUCTION))
+    let routed = route(&Target::Environment(PRODUCTION.into()), &state, &headers)
         .and_then(|routed| check_name(routed.deployment(), &name).map(|()| routed));
     let routed = match routed {
         Ok(routed) => routed,
@@ -102,20 +101,16 @@ pub(super) async fn infer(
     };
     // A V2 reply is one JSON document: a streamed output is collected (and
     // then refused, as it holds no tensors).
-    respond(
-        state,
-        routed,
-        id,
-        BodyFormat::Json,
-        StreamMode::Collect,
-        move |call| run(call, name, body),
-    )
+    let encoding = Encoding::json(StreamMode::Collect);
+    pipeline::serve(state, routed, id, encoding, move |call| {
+        run(call, name, body)
+    })
     .await
 }
 
 async fn run(call: Call, name: String, body: Body) -> Result<Reply, ApiError> {
-    let model = call.deployment.model()?;
-    let input = read_input(&call.state, BodyFormat::Json, body).await?;
+    let model = call.model()?;
+    let input = read_input(call.state.limits(), BodyFormat::Json, body).await?;
     let request = parse(input)?;
     let inputs = validate_inputs(request.inputs)?;
     let (outputs, parameters) = match model.embeddings() {
@@ -291,9 +286,9 @@ async fn predict(
     };
     let input = serde_json::to_value(input)
         .map_err(|err| ApiError::Internal(format!("encoding the model's input: {err}")))?;
-    let reply = match call.infer(model, input, StreamMode::Collect).await? {
+    let reply = match call.predict(model, input, StreamMode::Collect).await? {
         Reply::Json(value) => value,
-        Reply::Collected(_) | Reply::Stream(_) => {
+        _ => {
             return Err(ApiError::InvalidModelOutput(
                 "the model streamed; V2 needs a JSON object with `outputs`".into(),
             ));

@@ -13,8 +13,8 @@ use axum::Router;
 use axum::routing::{any, get, post};
 use strut_model::capabilities::Embeddings;
 
-use super::predict::{Admit, Call, observe_inference, take_slot};
 use crate::deployment::Deployment;
+use crate::pipeline::Call;
 use crate::runner::guarded;
 use crate::{ApiError, AppState};
 
@@ -51,10 +51,10 @@ async fn embed_texts(
 ) -> Result<Vec<Vec<f32>>, ApiError> {
     let count = texts.len();
     let dimensions = embeddings.dimensions();
-    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
+    let slot = call.slot().await?;
     let embedded = guarded(embeddings.embed(texts, &call.ctx)).await;
-    observe_inference(&call.state, &call.deployment, started);
-    drop(permit);
+    call.observe_inference(slot.taken);
+    drop(slot);
     let vectors = embedded?.embeddings;
     if vectors.len() != count || vectors.iter().any(|v| v.len() != dimensions) {
         return Err(ApiError::InvalidModelOutput(format!(

@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 
 use super::embed_texts;
 use super::tensor::kind;
-use crate::codec::{BodyFormat, StreamMode};
+use crate::codec::{StreamMode, read_input};
+use crate::pipeline::{self, Call, Encoding, Reply};
 use crate::request::RequestId;
-use crate::routes::predict::{Call, Reply, read_input, respond};
-use crate::routes::truss::authorize_inference;
+use crate::routes::mount::{Target, route};
 use crate::runner::LoadedModel;
 use crate::state::PRODUCTION;
-use crate::{ApiError, AppState, streaming};
+use crate::{ApiError, AppState};
 
 /// `POST /v1/models/{name}:predict` on the production deployment.
 pub(in crate::routes) async fn predict(
@@ -25,15 +25,13 @@ pub(in crate::routes) async fn predict(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let format = BodyFormat::of_request(&headers);
-    let mode = StreamMode::of_request(&headers);
-    let routed = match authorize_inference(&state, &headers).and_then(|()| state.route(PRODUCTION))
-    {
+    let encoding = Encoding::of_request(&headers);
+    let routed = match route(&Target::Environment(PRODUCTION.into()), &state, &headers) {
         Ok(routed) => routed,
         Err(err) => return err.into_response(),
     };
-    respond(state, routed, id, format, mode, move |call| {
-        run(call, format, body)
+    pipeline::serve(state, routed, id, encoding, move |call| {
+        run(call, encoding, body)
     })
     .await
 }
@@ -44,11 +42,12 @@ enum Form {
     Truss(Value),
 }
 
-async fn run(call: Call, format: BodyFormat, body: Body) -> Result<Reply, ApiError> {
-    let model = call.deployment.model()?;
-    let instances = match classify(read_input(&call.state, format, body).await?)? {
+async fn run(call: Call, encoding: Encoding, body: Body) -> Result<Reply, ApiError> {
+    let model = call.model()?;
+    let input = read_input(call.state.limits(), encoding.format, body).await?;
+    let instances = match classify(input)? {
         Form::Instances(instances) => instances,
-        Form::Truss(input) => return call.infer(&model, input, call.mode).await,
+        Form::Truss(input) => return call.predict(&model, input, encoding.mode).await,
     };
     let texts: Option<Vec<String>> = instances
         .iter()
@@ -112,9 +111,8 @@ fn check_parameters(parameters: Option<Value>) -> Result<(), ApiError> {
 /// One instance through preprocess, a model slot, predict and postprocess;
 /// a streamed output is collected into a string.
 async fn prediction(call: &Call, model: &LoadedModel, instance: Value) -> Result<Value, ApiError> {
-    match call.infer(model, instance, StreamMode::Collect).await? {
-        Reply::Json(value) => Ok(value),
-        Reply::Collected(text) => Ok(Value::String(text)),
-        Reply::Stream(stream) => streaming::collect(stream).await.map(Value::String),
-    }
+    call.predict(model, instance, StreamMode::Collect)
+        .await?
+        .into_value(false)
+        .await
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::check_name;
-use crate::routes::predict::name_deployment;
+use crate::deployment::name_deployment;
 use crate::state::PRODUCTION;
 use crate::{ApiError, AppState};
 

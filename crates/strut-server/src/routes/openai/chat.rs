@@ -2,15 +2,60 @@
 //! rendered by the model's own chat template; OpenAI's chat documents and
 //! chunks out.
 
+use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use strut_model::capabilities::{ChatMessage, FinishReason, Prompt, Usage};
 
 use super::fields::{Fields, Off, invalid, is_empty, is_false, is_zero, never, unsupported};
-use super::generate::{Meta, UsageBody};
+use super::generate::{Endpoint, Meta, Names, UsageBody};
 use crate::ApiError;
+use crate::pipeline::Reply;
 
-pub(super) const IGNORED: &[&str] = &[
+/// `/v1/chat/completions`.
+pub(super) struct Chat;
+
+impl Endpoint for Chat {
+    fn names(&self) -> &'static Names {
+        &Names {
+            capability: "chat_completions",
+            prompt_param: "messages",
+            ignored: IGNORED,
+            off: OFF,
+            id_prefix: "chatcmpl",
+            chunk_object: "chat.completion.chunk",
+        }
+    }
+
+    fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError> {
+        take_messages(fields)
+    }
+
+    /// The first chunk names the speaker, with empty content, as OpenAI's does.
+    fn opening(&self, meta: &Meta) -> Option<Event> {
+        Some(delta_chunk(meta, Some("assistant"), Some(""), None))
+    }
+
+    fn token(&self, meta: &Meta, text: &str) -> Event {
+        delta_chunk(meta, None, Some(text), None)
+    }
+
+    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
+        delta_chunk(meta, None, None, Some(reason))
+    }
+
+    fn response(
+        &self,
+        meta: &Meta,
+        text: String,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> Result<Reply, ApiError> {
+        Reply::document(&response(meta, text, reason, usage))
+    }
+}
+
+const IGNORED: &[&str] = &[
     "user",
     "metadata",
     "store",
@@ -18,7 +63,7 @@ pub(super) const IGNORED: &[&str] = &[
     "parallel_tool_calls",
 ];
 
-pub(super) const OFF: &[Off] = &[
+const OFF: &[Off] = &[
     Off {
         name: "presence_penalty",
         is_off: is_zero,
@@ -87,7 +132,7 @@ fn is_text_only(value: &Value) -> bool {
         .is_some_and(|m| m.iter().all(|m| m == "text"))
 }
 
-pub(super) fn take_messages(fields: &mut Fields) -> Result<Prompt, ApiError> {
+fn take_messages(fields: &mut Fields) -> Result<Prompt, ApiError> {
     let list = match fields.take_raw("messages") {
         Some(Value::Array(list)) => list,
         None => {
@@ -224,12 +269,7 @@ struct Message {
     content: String,
 }
 
-pub(super) fn response(
-    meta: &Meta,
-    text: String,
-    reason: FinishReason,
-    usage: Usage,
-) -> impl Serialize + '_ {
+fn response(meta: &Meta, text: String, reason: FinishReason, usage: Usage) -> impl Serialize + '_ {
     Completion {
         id: &meta.id,
         object: "chat.completion",
@@ -269,25 +309,12 @@ fn delta_chunk(
     role: Option<&'static str>,
     content: Option<&str>,
     finish_reason: Option<FinishReason>,
-) -> Vec<u8> {
+) -> Event {
     let choice = DeltaChoice {
         index: 0,
         delta: Delta { role, content },
         logprobs: (),
         finish_reason,
     };
-    super::sse::frame(&meta.chunk(&[choice], None))
-}
-
-/// The first chunk names the speaker, with empty content, as OpenAI's does.
-pub(super) fn opening(meta: &Meta) -> Vec<u8> {
-    delta_chunk(meta, Some("assistant"), Some(""), None)
-}
-
-pub(super) fn token(meta: &Meta, text: &str) -> Vec<u8> {
-    delta_chunk(meta, None, Some(text), None)
-}
-
-pub(super) fn finish(meta: &Meta, reason: FinishReason) -> Vec<u8> {
-    delta_chunk(meta, None, None, Some(reason))
+    crate::sse::json(&meta.chunk(&[choice], None))
 }

@@ -1,6 +1,7 @@
 //! `POST /v1/completions`: one text prompt in, OpenAI's `text_completion`
 //! documents and chunks out.
 
+use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{FinishReason, Prompt, Usage};
@@ -8,12 +9,49 @@ use strut_model::capabilities::{FinishReason, Prompt, Usage};
 use super::fields::{
     Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, never, unsupported,
 };
-use super::generate::{Meta, UsageBody};
+use super::generate::{Endpoint, Meta, Names, UsageBody};
 use crate::ApiError;
+use crate::pipeline::Reply;
 
-pub(super) const IGNORED: &[&str] = &["user"];
+/// `/v1/completions`.
+pub(super) struct Completions;
 
-pub(super) const OFF: &[Off] = &[
+impl Endpoint for Completions {
+    fn names(&self) -> &'static Names {
+        &Names {
+            capability: "completions",
+            prompt_param: "prompt",
+            ignored: &["user"],
+            off: OFF,
+            id_prefix: "cmpl",
+            chunk_object: "text_completion",
+        }
+    }
+
+    fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError> {
+        take_prompt(fields)
+    }
+
+    fn token(&self, meta: &Meta, text: &str) -> Event {
+        text_chunk(meta, text, None)
+    }
+
+    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
+        text_chunk(meta, "", Some(reason))
+    }
+
+    fn response(
+        &self,
+        meta: &Meta,
+        text: String,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> Result<Reply, ApiError> {
+        Reply::document(&response(meta, &text, reason, usage))
+    }
+}
+
+const OFF: &[Off] = &[
     Off {
         name: "presence_penalty",
         is_off: is_zero,
@@ -47,7 +85,7 @@ pub(super) const OFF: &[Off] = &[
 
 /// A string, or a list holding one: with n=1 semantics a request answers one
 /// prompt.
-pub(super) fn take_prompt(fields: &mut Fields) -> Result<Prompt, ApiError> {
+fn take_prompt(fields: &mut Fields) -> Result<Prompt, ApiError> {
     const SHAPE: &str = "`prompt` must be a string or a list of one string";
     match fields.take_raw("prompt") {
         Some(Value::String(text)) => Ok(Prompt::Text(text)),
@@ -90,7 +128,7 @@ struct Choice<'a> {
     finish_reason: Option<FinishReason>,
 }
 
-pub(super) fn response<'a>(
+fn response<'a>(
     meta: &'a Meta,
     text: &'a str,
     reason: FinishReason,
@@ -111,20 +149,12 @@ pub(super) fn response<'a>(
     }
 }
 
-fn text_chunk(meta: &Meta, text: &str, finish_reason: Option<FinishReason>) -> Vec<u8> {
+fn text_chunk(meta: &Meta, text: &str, finish_reason: Option<FinishReason>) -> Event {
     let choice = Choice {
         index: 0,
         text,
         logprobs: (),
         finish_reason,
     };
-    super::sse::frame(&meta.chunk(&[choice], None))
-}
-
-pub(super) fn token(meta: &Meta, text: &str) -> Vec<u8> {
-    text_chunk(meta, text, None)
-}
-
-pub(super) fn finish(meta: &Meta, reason: FinishReason) -> Vec<u8> {
-    text_chunk(meta, "", Some(reason))
+    crate::sse::json(&meta.chunk(&[choice], None))
 }

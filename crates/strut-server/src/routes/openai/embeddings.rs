@@ -6,9 +6,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::fields::{Fields, invalid, unsupported};
-use super::{Reply, served_name};
+use super::served_name;
 use crate::ApiError;
-use crate::routes::predict::{Admit, Call, observe_inference, take_slot};
+use crate::pipeline::{Call, Reply};
 use crate::runner::guarded;
 
 #[derive(Clone, Copy)]
@@ -18,14 +18,7 @@ enum Encoding {
 }
 
 pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
-    let model = call.deployment.model()?;
-    let embedder = model
-        .embeddings()
-        .cloned()
-        .ok_or_else(|| ApiError::CapabilityNotSupported {
-            capability: "embeddings",
-            model: call.deployment.model_name().to_owned(),
-        })?;
+    let embedder = call.embeddings()?;
     let mut fields = Fields::new(body)?;
     let texts = take_input(&mut fields)?;
     let requested = fields.take::<String>("model", "a string")?;
@@ -56,11 +49,11 @@ pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
     fields.finish(&["user"], &[])?;
     let name = served_name(requested, embedder.model_id(), call.deployment.model_name())?;
 
-    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
+    let slot = call.slot().await?;
     let count = texts.len();
     let output = guarded(embedder.embed(texts, &call.ctx)).await;
-    drop(permit);
-    observe_inference(&call.state, &call.deployment, started);
+    drop(slot.permit);
+    call.observe_inference(slot.taken);
     let output = output?;
     if output.embeddings.len() != count {
         return Err(ApiError::ModelFailed(format!(
@@ -78,7 +71,7 @@ pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
             embedding: encode(vector, encoding),
         })
         .collect();
-    Reply::json(&List {
+    Reply::document(&List {
         object: "list",
         data,
         model: name,

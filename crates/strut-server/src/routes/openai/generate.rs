@@ -4,6 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 
+use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -14,64 +15,58 @@ use strut_model::capabilities::{
 
 use super::fields::{Fields, Off};
 use super::params::{self, Options};
-use super::{Reply, chat, completions, served_name, sse, unix_now};
+use super::{served_name, sse, unix_now};
 use crate::ApiError;
 use crate::metrics;
-use crate::routes::predict::{Admit, Call, observe_inference, take_slot};
+use crate::pipeline::{Call, Reply};
 use crate::runner::{guarded, panic_message};
 use crate::streaming::{catch_model_stream, stop_on_stall};
 
 pub(super) type Events = BoxStream<'static, Result<GenerationEvent, ApiError>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Endpoint {
-    Chat,
-    Completions,
+/// What differs between chat and completions, each in its own file: the
+/// request's prompt and accepted fields, and the shape of the answer.
+pub(super) trait Endpoint: Sync {
+    fn names(&self) -> &'static Names;
+    fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError>;
+    /// What a stream sends before its first token.
+    fn opening(&self, _meta: &Meta) -> Option<Event> {
+        None
+    }
+    fn token(&self, meta: &Meta, text: &str) -> Event;
+    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event;
+    /// The whole answer as one document.
+    fn response(
+        &self,
+        meta: &Meta,
+        text: String,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> Result<Reply, ApiError>;
 }
 
-impl Endpoint {
+/// An endpoint's fixed names and field lists.
+pub(super) struct Names {
     /// The name Truss gives the capability in its errors.
-    fn capability(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat_completions",
-            Endpoint::Completions => "completions",
-        }
-    }
-
-    fn prompt_param(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "messages",
-            Endpoint::Completions => "prompt",
-        }
-    }
-
-    fn take_prompt(self, fields: &mut Fields) -> Result<Prompt, ApiError> {
-        match self {
-            Endpoint::Chat => chat::take_messages(fields),
-            Endpoint::Completions => completions::take_prompt(fields),
-        }
-    }
-
-    /// The rest of what each endpoint accepts: harmless fields, and fields
-    /// accepted at their default only.
-    fn leftovers(self) -> (&'static [&'static str], &'static [Off]) {
-        match self {
-            Endpoint::Chat => (chat::IGNORED, chat::OFF),
-            Endpoint::Completions => (completions::IGNORED, completions::OFF),
-        }
-    }
+    pub capability: &'static str,
+    /// The request field that holds the prompt.
+    pub prompt_param: &'static str,
+    /// Fields accepted and ignored as harmless.
+    pub ignored: &'static [&'static str],
+    /// Fields accepted at their default only.
+    pub off: &'static [Off],
+    /// The response id's prefix.
+    pub id_prefix: &'static str,
+    /// A stream chunk's `object`.
+    pub chunk_object: &'static str,
 }
 
-pub(super) async fn run(call: Call, body: Value, endpoint: Endpoint) -> Result<Reply, ApiError> {
-    let model = call.deployment.model()?;
-    let generator =
-        model
-            .text_generation()
-            .cloned()
-            .ok_or_else(|| ApiError::CapabilityNotSupported {
-                capability: endpoint.capability(),
-                model: call.deployment.model_name().to_owned(),
-            })?;
+pub(super) async fn run(
+    call: Call,
+    body: Value,
+    endpoint: &'static dyn Endpoint,
+) -> Result<Reply, ApiError> {
+    let generator = call.text_generation(endpoint.names().capability)?;
     let mut fields = Fields::new(body)?;
     let prompt = endpoint.take_prompt(&mut fields)?;
     let Options {
@@ -80,17 +75,20 @@ pub(super) async fn run(call: Call, body: Value, endpoint: Endpoint) -> Result<R
         stream,
         include_usage,
     } = params::take(&mut fields)?;
-    let (ignored, off) = endpoint.leftovers();
-    fields.finish(ignored, off)?;
+    fields.finish(endpoint.names().ignored, endpoint.names().off)?;
     let name = served_name(
         requested,
         generator.model_id(),
         call.deployment.model_name(),
     )?;
-    check_context(&*generator, &prompt, params.max_tokens, endpoint)?;
+    let tokens = check_context(&*generator, &prompt, params.max_tokens, endpoint)?;
 
-    let (permit, started) = take_slot(&call.state, &call.deployment, Admit::Bounded).await?;
-    let request = GenerateRequest { prompt, params };
+    let slot = call.slot().await?;
+    let request = GenerateRequest {
+        prompt,
+        prompt_tokens: Some(tokens),
+        params,
+    };
     let events = guarded(generator.generate(request, &call.ctx)).await?;
     let gap = call.deployment.spec().stream_read_timeout;
     let mut events = stop_on_stall(catch_model_stream(events), gap);
@@ -99,49 +97,46 @@ pub(super) async fn run(call: Call, body: Value, endpoint: Endpoint) -> Result<R
     let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
     let meta = Meta::new(endpoint, name, include_usage);
     if stream {
-        observe_inference(&call.state, &call.deployment, started);
+        call.observe_inference(slot.taken);
         let first_byte = call
             .deployment
             .series(call.state.metrics())
             .first_byte_seconds
             .clone();
-        let frames = sse::generation(meta, first, events, permit);
-        Ok(Reply::Stream(metrics::time_first_chunk(
-            frames,
+        let events = sse::generation(meta, first, events, slot.permit);
+        Ok(Reply::Events(metrics::time_first_chunk(
+            events,
+            |_| true,
             first_byte,
             call.arrived,
         )))
     } else {
         let done = collect(first, events).await;
-        drop(permit);
-        observe_inference(&call.state, &call.deployment, started);
+        drop(slot.permit);
+        call.observe_inference(slot.taken);
         let (text, reason, usage) = done?;
-        match endpoint {
-            Endpoint::Chat => Reply::json(&chat::response(&meta, text, reason, usage)),
-            Endpoint::Completions => {
-                Reply::json(&completions::response(&meta, &text, reason, usage))
-            }
-        }
+        endpoint.response(&meta, text, reason, usage)
     }
 }
 
 /// Refuses, before a slot is taken, what cannot fit in the context: a
 /// custom model need not check it itself, and the client learns which field
 /// to change.
+/// Returns the prompt's tokens: the prompt is rendered and tokenized once
+/// per request, here, and the model generates from these.
 fn check_context(
     generator: &dyn TextGeneration,
     prompt: &Prompt,
     max_tokens: Option<u32>,
-    endpoint: Endpoint,
-) -> Result<(), ApiError> {
+    endpoint: &dyn Endpoint,
+) -> Result<Vec<u32>, ApiError> {
     let limit = generator.context_length();
-    let counted =
-        std::panic::catch_unwind(AssertUnwindSafe(|| generator.count_prompt_tokens(prompt)))
-            .map_err(|panic| ApiError::ModelPanicked(panic_message(&*panic)))?;
-    let used = counted?;
+    let tokens = std::panic::catch_unwind(AssertUnwindSafe(|| generator.tokenize(prompt)))
+        .map_err(|panic| ApiError::ModelPanicked(panic_message(&*panic)))??;
+    let used = tokens.len();
     if used >= limit {
         return Err(ApiError::ContextLengthExceeded {
-            param: endpoint.prompt_param(),
+            param: endpoint.names().prompt_param,
             message: format!(
                 "This model's maximum context length is {limit} tokens, and the prompt has {used}: \
                  at least one must be left to generate. Shorten the prompt."
@@ -162,7 +157,7 @@ fn check_context(
             ),
         });
     }
-    Ok(())
+    Ok(tokens)
 }
 
 async fn collect(
@@ -188,7 +183,7 @@ pub(super) fn unfinished() -> ApiError {
 
 /// What every document and chunk of one response repeats.
 pub(super) struct Meta {
-    pub endpoint: Endpoint,
+    pub endpoint: &'static dyn Endpoint,
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -198,14 +193,14 @@ pub(super) struct Meta {
 }
 
 impl Meta {
-    fn new(endpoint: Endpoint, model: String, include_usage: bool) -> Self {
-        let prefix = match endpoint {
-            Endpoint::Chat => "chatcmpl",
-            Endpoint::Completions => "cmpl",
-        };
+    fn new(endpoint: &'static dyn Endpoint, model: String, include_usage: bool) -> Self {
         Self {
             endpoint,
-            id: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            id: format!(
+                "{}-{}",
+                endpoint.names().id_prefix,
+                uuid::Uuid::new_v4().simple()
+            ),
             created: unix_now(),
             model,
             include_usage,
@@ -221,10 +216,7 @@ impl Meta {
     ) -> Chunk<'a, C> {
         Chunk {
             id: &self.id,
-            object: match self.endpoint {
-                Endpoint::Chat => "chat.completion.chunk",
-                Endpoint::Completions => "text_completion",
-            },
+            object: self.endpoint.names().chunk_object,
             created: self.created,
             model: &self.model,
             choices,

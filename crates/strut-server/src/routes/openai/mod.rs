@@ -14,148 +14,68 @@ mod models;
 mod params;
 mod sse;
 
-use std::collections::HashMap;
-use std::future::Future;
-
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, FromRequestParts, Path, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::routing::{get, post};
-use bytes::Bytes;
-use serde::Serialize;
 use serde_json::Value;
 
-use super::predict::{Call, name_deployment, read_input};
-use super::truss::authorize_inference;
-use crate::codec::{BodyFormat, StreamMode};
-use crate::deployment::InFlight;
+use super::mount::{Form, Target, every_target, route};
+use crate::codec::{BodyFormat, StreamMode, read_input};
+use crate::pipeline::{self, Call, Encoding, Reply};
 use crate::request::RequestId;
-use crate::state::{DEVELOPMENT, PRODUCTION};
-use crate::streaming::{self, ByteStream};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .merge(v1(Prefix::Fixed(PRODUCTION)))
-        .nest("/production/sync", v1(Prefix::Fixed(PRODUCTION)))
-        .nest("/development/sync", v1(Prefix::Fixed(DEVELOPMENT)))
-        .nest("/environments/{env}/sync", v1(Prefix::Environment))
-        .nest("/deployment/{id}/sync", v1(Prefix::Deployment))
+    every_target(v1, Form::Sync)
 }
 
-fn v1(prefix: Prefix) -> Router<AppState> {
+fn v1() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(models::list))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
-        .layer(Extension(prefix))
 }
 
-/// How the path a route is mounted under names its target.
-#[derive(Debug, Clone, Copy)]
-enum Prefix {
-    Fixed(&'static str),
-    /// `{env}` names the environment.
-    Environment,
-    /// `{id}` names the deployment.
-    Deployment,
-}
-
-/// Where a request goes.
-enum Target {
-    Environment(String),
-    Deployment(String),
-}
-
-impl FromRequestParts<AppState> for Target {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let prefix = parts.extensions.get::<Prefix>().copied().ok_or_else(|| {
-            error::response(ApiError::Internal(
-                "an OpenAI route without a prefix".into(),
-            ))
-        })?;
-        let (param, named) = match prefix {
-            Prefix::Fixed(env) => return Ok(Target::Environment(env.to_owned())),
-            Prefix::Environment => ("env", Target::Environment as fn(String) -> Target),
-            Prefix::Deployment => ("id", Target::Deployment as fn(String) -> Target),
-        };
-        let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| error::response(ApiError::InvalidInput(rejection.body_text())))?;
-        params
-            .remove(param)
-            .map(named)
-            .ok_or_else(|| error::response(ApiError::Internal(format!("no `{param}` in the path"))))
-    }
-}
-
-impl Target {
-    /// Counts the request in its deployment's in-flight requests, with
-    /// `--protect-inference` honoured as on predict routes.
-    fn route(&self, state: &AppState, headers: &HeaderMap) -> Result<InFlight, ApiError> {
-        authorize_inference(state, headers)?;
-        match self {
-            Target::Environment(name) => state.route(name),
-            Target::Deployment(id) => Ok(state.deployment(id)?.enter()),
-        }
-    }
-}
-
-/// What an endpoint answers with.
-enum Reply {
-    /// A serialized JSON document.
-    Json(Bytes),
-    /// Framed server-sent events, errors included.
-    Stream(ByteStream),
-}
-
-impl Reply {
-    fn json(value: &impl Serialize) -> Result<Reply, ApiError> {
-        to_json(value).map(Reply::Json)
-    }
-}
-
-fn to_json(value: &impl Serialize) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|err| ApiError::Internal(format!("encoding a response: {err}")))
-}
+/// OpenAI's encoding: JSON documents, its own events, its error shape.
+const OPENAI: Encoding = Encoding {
+    format: BodyFormat::Json,
+    mode: StreamMode::Sse,
+    error: error::response,
+};
 
 async fn chat_completions(
     State(state): State<AppState>,
-    target: Target,
+    target: Result<Target, ApiError>,
     id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     serve(state, target, id, &headers, body, |call, body| {
-        generate::run(call, body, generate::Endpoint::Chat)
+        generate::run(call, body, &chat::Chat)
     })
     .await
 }
 
 async fn completions(
     State(state): State<AppState>,
-    target: Target,
+    target: Result<Target, ApiError>,
     id: RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     serve(state, target, id, &headers, body, |call, body| {
-        generate::run(call, body, generate::Endpoint::Completions)
+        generate::run(call, body, &completions::Completions)
     })
     .await
 }
 
 async fn embeddings(
     State(state): State<AppState>,
-    target: Target,
+    target: Result<Target, ApiError>,
     id: RequestId,
     headers: HeaderMap,
     body: Body,
@@ -163,12 +83,11 @@ async fn embeddings(
     serve(state, target, id, &headers, body, embeddings::run).await
 }
 
-/// The envelope of every OpenAI POST: routing, the request's context and
-/// deadline, the JSON body, and OpenAI's error shape. An open stream holds
-/// its deployment's in-flight count and cancel-on-drop guard to its end.
+/// Every OpenAI POST: routed to its target, its JSON body decoded, the work
+/// run in the pipeline, errors in OpenAI's shape.
 async fn serve<F, Fut>(
     state: AppState,
-    target: Target,
+    target: Result<Target, ApiError>,
     id: RequestId,
     headers: &HeaderMap,
     body: Body,
@@ -176,43 +95,17 @@ async fn serve<F, Fut>(
 ) -> Response
 where
     F: FnOnce(Call, Value) -> Fut,
-    Fut: Future<Output = Result<Reply, ApiError>>,
+    Fut: std::future::Future<Output = Result<Reply, ApiError>>,
 {
-    let routed = match target.route(&state, headers) {
+    let routed = match target.and_then(|target| route(&target, &state, headers)) {
         Ok(routed) => routed,
         Err(err) => return error::response(err),
     };
-    let deployment = routed.deployment().clone();
-    let (call, on_drop, deadline) = Call::start(state.clone(), &deployment, id, StreamMode::Sse);
-    let work = async {
-        let input = read_input(&state, BodyFormat::Json, body).await?;
+    pipeline::serve(state, routed, id, OPENAI, move |call| async move {
+        let input = read_input(call.state.limits(), BodyFormat::Json, body).await?;
         work(call, input).await
-    };
-    let outcome = tokio::time::timeout_at(deadline.into(), work)
-        .await
-        .unwrap_or_else(|_| Err(ApiError::Timeout(state.limits().request_timeout.as_secs())));
-    let mut response = match outcome {
-        Ok(Reply::Json(bytes)) => json_response(bytes),
-        Ok(Reply::Stream(stream)) => {
-            sse::response(streaming::hold_while_streaming(stream, (on_drop, routed)))
-        }
-        Err(err) => {
-            // Stop whatever the model still does for this request.
-            drop(on_drop);
-            error::response(err)
-        }
-    };
-    name_deployment(&mut response, &deployment);
-    response
-}
-
-fn json_response(bytes: Bytes) -> Response {
-    let mut response = Body::from(bytes).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    })
+    .await
 }
 
 /// The name a response reports: the one the client asked for, which must be

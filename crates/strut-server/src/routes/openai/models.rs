@@ -7,9 +7,12 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 
-use super::{Target, error, json_response, to_json, unix_now};
-use crate::AppState;
-use crate::routes::predict::name_deployment;
+use axum::response::IntoResponse;
+
+use super::{error, unix_now};
+use crate::deployment::name_deployment;
+use crate::routes::mount::{Target, route};
+use crate::{ApiError, AppState};
 
 #[derive(Serialize)]
 struct List {
@@ -29,15 +32,15 @@ struct Card {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    target: Target,
+    target: Result<Target, ApiError>,
     headers: HeaderMap,
 ) -> Response {
-    let routed = match target.route(&state, &headers) {
+    let routed = match target.and_then(|target| route(&target, &state, &headers)) {
         Ok(routed) => routed,
         Err(err) => return error::response(err),
     };
     let deployment = routed.deployment();
-    let reply = deployment.model().and_then(|model| {
+    let reply = deployment.model().map(|model| {
         let mut ids: Vec<String> = Vec::new();
         let capabilities = [
             model.text_generation().map(|g| g.model_id().to_owned()),
@@ -53,7 +56,7 @@ pub(super) async fn list(
         }
         // No load time is kept per model, so `created` is now, as vLLM has it.
         let created = unix_now();
-        to_json(&List {
+        axum::Json(List {
             object: "list",
             data: ids
                 .into_iter()
@@ -68,7 +71,7 @@ pub(super) async fn list(
         })
     });
     let mut response = match reply {
-        Ok(bytes) => json_response(bytes),
+        Ok(list) => list.into_response(),
         Err(err) => error::response(err),
     };
     name_deployment(&mut response, deployment);

@@ -1,0 +1,57 @@
+//! Truss's predict path: preprocess outside the model slot, predict in it,
+//! postprocess after it is released; a streamed output holds the slot until
+//! its last chunk.
+
+use serde_json::Value;
+use strut_model::Output;
+
+use super::{Call, Reply};
+use crate::ApiError;
+use crate::codec::StreamMode;
+use crate::runner::LoadedModel;
+use crate::streaming;
+
+impl Call {
+    /// The pipeline after decoding, shared by every protocol and the async
+    /// worker. `mode` says what becomes of a streamed output.
+    pub(crate) async fn predict(
+        &self,
+        model: &LoadedModel,
+        input: Value,
+        mode: StreamMode,
+    ) -> Result<Reply, ApiError> {
+        let input = model.preprocess(input, &self.ctx).await?;
+        let slot = self.slot().await?;
+        let output = model.predict(input, &self.ctx).await;
+        self.observe_inference(slot.taken);
+        match output? {
+            Output::Json(value) => {
+                drop(slot);
+                Ok(Reply::Json(model.postprocess(value, &self.ctx).await?))
+            }
+            Output::Stream(chunks) => {
+                let gap = self.deployment.spec().stream_read_timeout;
+                let stream = streaming::hold_while_streaming(
+                    streaming::byte_stream(chunks, gap),
+                    slot.permit,
+                );
+                let first_byte = self
+                    .deployment
+                    .series(self.state.metrics())
+                    .first_byte_seconds
+                    .clone();
+                let stream = crate::metrics::time_first_chunk(
+                    stream,
+                    Result::is_ok,
+                    first_byte,
+                    self.arrived,
+                );
+                if mode == StreamMode::Collect {
+                    Ok(Reply::Collected(streaming::collect(stream).await?))
+                } else {
+                    Ok(Reply::Stream(stream))
+                }
+            }
+        }
+    }
+}

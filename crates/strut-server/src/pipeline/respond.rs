@@ -1,0 +1,169 @@
+//! The envelope of every client request: its context and deadline, the work
+//! a protocol gives it, and the outcome encoded as that protocol says, with
+//! the deployment named. An open stream holds the request's in-flight count
+//! and cancel-on-drop guard until its end.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Call;
+use crate::codec::{BodyFormat, StreamMode};
+use crate::deployment::{InFlight, name_deployment};
+use crate::request::RequestId;
+use crate::sse::{self, EventStream};
+use crate::streaming::{self, ByteStream};
+use crate::{ApiError, AppState};
+
+/// What a call's work answers with.
+pub(crate) enum Reply {
+    /// A JSON value, encoded in the protocol's body format.
+    Json(Value),
+    /// A JSON document already encoded (its fields in the protocol's order).
+    Document(Bytes),
+    /// A model's raw chunks, framed as the client asked ([`StreamMode`]).
+    Stream(ByteStream),
+    /// Server-sent events already in the protocol's shape.
+    Events(EventStream),
+    /// A stream collected into one string, for clients that asked for JSON.
+    Collected(String),
+}
+
+impl Reply {
+    /// A document of `value` as JSON.
+    pub(crate) fn document(value: &impl Serialize) -> Result<Reply, ApiError> {
+        serde_json::to_vec(value)
+            .map(|bytes| Reply::Document(bytes.into()))
+            .map_err(|err| ApiError::Internal(format!("encoding a response: {err}")))
+    }
+
+    /// The reply as one stored value: a stream as the list of its chunks
+    /// (Cog's `Iterator` outputs) or, with `chunks` false, as one string.
+    pub(crate) async fn into_value(self, chunks: bool) -> Result<Value, ApiError> {
+        match self {
+            Reply::Json(value) => Ok(value),
+            Reply::Collected(text) => Ok(Value::String(text)),
+            Reply::Document(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|err| ApiError::Internal(format!("re-reading a document: {err}"))),
+            Reply::Stream(stream) if chunks => Ok(Value::Array(
+                streaming::collect_chunks(stream)
+                    .await?
+                    .into_iter()
+                    .map(|bytes| streaming::text(bytes.to_vec()).map(Value::String))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Reply::Stream(stream) => streaming::collect(stream).await.map(Value::String),
+            Reply::Events(_) => Err(ApiError::Internal(
+                "server-sent events cannot be stored".into(),
+            )),
+        }
+    }
+}
+
+/// How a protocol encodes a reply and an error.
+#[derive(Clone, Copy)]
+pub(crate) struct Encoding {
+    /// JSON values: JSON or msgpack.
+    pub format: BodyFormat,
+    /// Raw chunks: octets, SSE, or collected.
+    pub mode: StreamMode,
+    /// The protocol's error body.
+    pub error: fn(ApiError) -> Response,
+}
+
+impl Encoding {
+    /// Truss's: the request's content type and `Accept` decide.
+    pub(crate) fn of_request(headers: &HeaderMap) -> Self {
+        Self {
+            format: BodyFormat::of_request(headers),
+            mode: StreamMode::of_request(headers),
+            error: IntoResponse::into_response,
+        }
+    }
+
+    /// Plain JSON in and out, streams collected, errors as `{"error", "code"}`.
+    pub(crate) fn json(mode: StreamMode) -> Self {
+        Self {
+            format: BodyFormat::Json,
+            mode,
+            error: IntoResponse::into_response,
+        }
+    }
+}
+
+/// Runs a client's request routed to `routed`: `work` gets the call and must
+/// finish by its deadline; its reply is encoded as `encoding` says.
+pub(crate) async fn serve<F, Fut>(
+    state: AppState,
+    routed: InFlight,
+    id: RequestId,
+    encoding: Encoding,
+    work: F,
+) -> Response
+where
+    F: FnOnce(Call) -> Fut,
+    Fut: Future<Output = Result<Reply, ApiError>>,
+{
+    let (call, held) = Call::client(state, routed, id);
+    let deployment = call.deployment.clone();
+    let outcome = call.within_deadline(work(call.clone())).await;
+    let mut response = match outcome {
+        Err(err) => {
+            // Stop whatever the model still does for this request.
+            drop(held);
+            (encoding.error)(err)
+        }
+        Ok(reply) => {
+            let done = |held: super::call::Held| {
+                // The model's work is done: nothing is left to cancel.
+                held.on_drop.disarm();
+            };
+            match reply {
+                Reply::Json(value) => {
+                    done(held);
+                    encoding.format.respond(&value)
+                }
+                Reply::Document(bytes) => {
+                    done(held);
+                    json_document(bytes)
+                }
+                Reply::Collected(text) => {
+                    done(held);
+                    axum::Json(text).into_response()
+                }
+                Reply::Stream(stream) => {
+                    let stream = streaming::hold_while_streaming(stream, held);
+                    match encoding.mode {
+                        StreamMode::Sse => sse::chunks(stream),
+                        _ => streaming::octet_response(stream),
+                    }
+                }
+                Reply::Events(events) => sse::response(
+                    events
+                        .map(move |event| {
+                            let _held = &held;
+                            event
+                        })
+                        .boxed(),
+                ),
+            }
+        }
+    };
+    name_deployment(&mut response, &deployment);
+    response
+}
+
+fn json_document(bytes: Bytes) -> Response {
+    let mut response = Body::from(bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
