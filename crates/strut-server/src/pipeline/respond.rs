@@ -112,7 +112,12 @@ where
 {
     let (call, held) = Call::client(state, routed, id);
     let deployment = call.deployment.clone();
-    let outcome = call.within_deadline(work(call.clone())).await;
+    let timeout = call.state.limits().request_timeout;
+    // The call moves into the work: no clone of its context per request.
+    let outcome = match tokio::time::timeout_at(call.deadline.into(), work(call)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(ApiError::Timeout(timeout.as_secs())),
+    };
     let mut response = match outcome {
         Err(err) => {
             // Stop whatever the model still does for this request.
