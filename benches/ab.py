@@ -4,10 +4,11 @@ MiniLM embeddings (OpenAI /v1/embeddings, 32 texts a request), in interleaved
 rounds so both see the same machine, medians reported with their ratio.
 
     python3 benches/ab.py                    # HEAD~1 (base) vs the working tree
-    python3 benches/ab.py --base v0.1 --rounds 5 --seconds 5
+    python3 benches/ab.py --base v0.1 --head HEAD --rounds 5 --seconds 5
 
-The base is built from a git worktree into the same target directory (shared
-dependencies, so only strut's own crates build twice); wrk from Debian.
+A revision is built from a git worktree into the same target directory
+(shared dependencies, so only strut's own crates build twice), and its
+binary kept under target/ab/ by commit; wrk from Debian.
 """
 import argparse, json, os, shutil, signal, statistics, subprocess, sys
 
@@ -35,6 +36,24 @@ def build(tree, out):
     shutil.copy(os.path.join(TARGET, "release", "strut"), out)
 
 
+def build_rev(rev, out_dir):
+    """The binary of a git revision, built once per commit."""
+    sha = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    out = os.path.join(out_dir, f"strut-{sha[:12]}")
+    if os.path.exists(out):
+        return out
+    worktree = os.path.join(out_dir, "tree")
+    if os.path.exists(worktree):
+        sh(["git", "worktree", "remove", "--force", worktree], cwd=ROOT)
+    sh(["git", "worktree", "add", "--detach", worktree, sha], cwd=ROOT)
+    try:
+        build(worktree, out)
+    finally:
+        sh(["git", "worktree", "remove", "--force", worktree], cwd=ROOT)
+    return out
+
+
 def serve(binary, model, port):
     proc = subprocess.Popen(
         [binary, "serve", os.path.join(ROOT, model), "--host", "127.0.0.1", "--port", str(port)],
@@ -46,6 +65,7 @@ def serve(binary, model, port):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="HEAD~1", help="git revision to compare against")
+    ap.add_argument("--head", help="git revision to measure (default: the working tree)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
@@ -53,18 +73,15 @@ def main():
         sh(["apt-get", "install", "-y", "-q", "wrk"])
     out = os.path.join(TARGET, "ab")
     os.makedirs(out, exist_ok=True)
-    worktree = os.path.join(out, "base-tree")
-    if os.path.exists(worktree):
-        sh(["git", "worktree", "remove", "--force", worktree], cwd=ROOT)
-    sh(["git", "worktree", "add", "--detach", worktree, args.base], cwd=ROOT)
-    try:
-        build(worktree, os.path.join(out, "strut-base"))
-    finally:
-        sh(["git", "worktree", "remove", "--force", worktree], cwd=ROOT)
-    build(ROOT, os.path.join(out, "strut-head"))
+    base = build_rev(args.base, out)
+    if args.head:
+        head = build_rev(args.head, out)
+    else:
+        head = os.path.join(out, "strut-worktree")
+        build(ROOT, head)
     lua = write_lua(os.path.join(out, "post.lua"))
 
-    builds = {"base": os.path.join(out, "strut-base"), "head": os.path.join(out, "strut-head")}
+    builds = {"base": base, "head": head}
     results = {(case[0], b): [] for case in CASES for b in builds}
     for round_ in range(args.rounds):
         for model in dict.fromkeys(c[1] for c in CASES):
@@ -88,7 +105,7 @@ def main():
                     proc.send_signal(signal.SIGTERM)
                     proc.wait(timeout=30)
 
-    print(f"\n{args.base} (base) vs working tree (head), medians of {args.rounds} interleaved rounds\n")
+    print(f"\n{args.base} (base) vs {args.head or 'the working tree'} (head), medians of {args.rounds} interleaved rounds\n")
     print("| case | base req/s | head req/s | head/base | base p99 ms | head p99 ms |")
     print("|---|---|---|---|---|---|")
     for case, *_ in CASES:
