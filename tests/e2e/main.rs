@@ -22,6 +22,8 @@ mod metrics;
 mod openai_api;
 #[cfg(feature = "otel")]
 mod otel;
+#[cfg(unix)]
+mod python_models;
 mod streaming;
 mod tokenizer_cli;
 mod truss_http;

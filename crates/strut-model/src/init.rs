@@ -15,6 +15,10 @@ pub struct InitContext {
     pub config: Value,
     /// The model directory's data folder (Truss's `data_dir`).
     pub data_dir: PathBuf,
+    /// The model directory itself, when the model came from one (a backend
+    /// that runs the directory's own code, such as a Truss `model.py`,
+    /// needs it); `None` for models built in code.
+    pub model_dir: Option<PathBuf>,
     pub secrets: Secrets,
     /// The environment this deployment serves, or `None` when it serves none.
     pub environment: Option<Environment>,
@@ -29,6 +33,7 @@ impl InitContext {
         Self {
             config,
             data_dir: data_dir.into(),
+            model_dir: None,
             secrets: Secrets::default(),
             environment: None,
             telemetry: Telemetry::default(),

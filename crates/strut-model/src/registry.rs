@@ -6,16 +6,37 @@ use crate::{AsyncModel, InitContext, Model, ModelError, ModelInstance};
 type Factory = Arc<dyn Fn(InitContext) -> Result<ModelInstance, ModelError> + Send + Sync>;
 
 /// The compiled-in model classes, keyed by `model_class_name`. A team embeds
-/// its own model by registering it here in its own binary.
+/// its own model by registering it here in its own binary. A fallback (a
+/// backend that runs a model directory's own code, such as a Truss
+/// `model.py`) serves a class that is not compiled in when the directory has
+/// what it needs; compiled-in classes keep priority.
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, Factory>,
+    fallback: Option<Fallback>,
+}
+
+#[derive(Clone)]
+struct Fallback {
+    /// What the fallback serves, for errors: "a Python `model/model.py`".
+    describe: Arc<dyn Fn(&InitContext) -> String + Send + Sync>,
+    applies: Arc<dyn Fn(&InitContext) -> bool + Send + Sync>,
+    create: Factory,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("model_class_name `{name}` is not compiled into this binary; available: {available}")]
     Unknown { name: String, available: String },
+    #[error(
+        "model_class_name `{name}` is not compiled into this binary; available: {available}; \
+         nor does the directory have {fallback}"
+    )]
+    Neither {
+        name: String,
+        available: String,
+        fallback: String,
+    },
     #[error("constructing model `{name}` failed: {source}")]
     Init {
         name: String,
@@ -62,19 +83,56 @@ impl Registry {
         self.factories.contains_key(name)
     }
 
+    /// Sets the fallback for classes that are not compiled in: `applies`
+    /// says whether a model's directory can be served by it, `describe`
+    /// what it would need (for the error when it cannot).
+    pub fn set_fallback<D, A, F>(&mut self, describe: D, applies: A, create: F) -> &mut Self
+    where
+        D: Fn(&InitContext) -> String + Send + Sync + 'static,
+        A: Fn(&InitContext) -> bool + Send + Sync + 'static,
+        F: Fn(InitContext) -> Result<ModelInstance, ModelError> + Send + Sync + 'static,
+    {
+        self.fallback = Some(Fallback {
+            describe: Arc::new(describe),
+            applies: Arc::new(applies),
+            create: Arc::new(create),
+        });
+        self
+    }
+
+    /// Whether `name` can be constructed for `ctx`: compiled in, or served
+    /// by the fallback. The error says why not, naming both options.
+    pub fn check(&self, name: &str, ctx: &InitContext) -> Result<(), RegistryError> {
+        if self.factories.contains_key(name)
+            || self.fallback.as_ref().is_some_and(|f| (f.applies)(ctx))
+        {
+            return Ok(());
+        }
+        let available = self.names().collect::<Vec<_>>().join(", ");
+        Err(match &self.fallback {
+            Some(fallback) => RegistryError::Neither {
+                name: name.to_owned(),
+                available,
+                fallback: (fallback.describe)(ctx),
+            },
+            None => RegistryError::Unknown {
+                name: name.to_owned(),
+                available,
+            },
+        })
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.factories.keys().map(String::as_str)
     }
 
     /// Constructs (does not load) the model registered as `name`.
     pub fn create(&self, name: &str, ctx: InitContext) -> Result<ModelInstance, RegistryError> {
-        let factory = self
-            .factories
-            .get(name)
-            .ok_or_else(|| RegistryError::Unknown {
-                name: name.to_owned(),
-                available: self.names().collect::<Vec<_>>().join(", "),
-            })?;
+        self.check(name, &ctx)?;
+        let factory = match self.factories.get(name) {
+            Some(factory) => factory,
+            None => &self.fallback.as_ref().expect("checked above").create,
+        };
         factory(ctx).map_err(|source| RegistryError::Init {
             name: name.to_owned(),
             source,

@@ -19,27 +19,63 @@ pub enum BundleError {
     Io(#[from] std::io::Error),
 }
 
-/// The files of the model directory `root` that a deployment is made of,
-/// as (relative path with `/`, absolute path), sorted by relative path.
-/// Only config.yaml and the data directory: the model class is compiled into
-/// the binary, and a directory such as a repository root must not be copied whole.
+/// The files a deployment of a loaded config is made of, as (relative path
+/// with `/`, absolute path), sorted by relative path: config.yaml, the data
+/// directory, and the directories of a Truss model's own code
+/// (`model_module_dir`, `bundled_packages_dir`) where they exist. Nothing
+/// else: a directory such as a repository root must not be copied whole.
+pub fn deployment_files(
+    loaded: &strut_config::LoadedConfig,
+) -> Result<Vec<(String, PathBuf)>, BundleError> {
+    let config = &loaded.config;
+    let code = [
+        config.model_module_dir.as_str(),
+        config.bundled_packages_dir.as_str(),
+    ];
+    files_of(&loaded.root, &loaded.path, &config.data_dir, &code)
+}
+
+/// config.yaml and the data directory of the model directory `root` (a
+/// model compiled into the binary needs nothing else).
 pub fn model_files(
     root: &Path,
     config_file: &Path,
     data_dir: &str,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
-    let data = Path::new(data_dir);
-    if !is_plain_relative(data) {
-        return Err(BundleError::Invalid(format!(
-            "data_dir `{data_dir}` must be a relative path inside the model directory"
-        )));
-    }
+    files_of(root, config_file, data_dir, &[])
+}
+
+fn files_of(
+    root: &Path,
+    config_file: &Path,
+    data_dir: &str,
+    code_dirs: &[&str],
+) -> Result<Vec<(String, PathBuf)>, BundleError> {
     let mut files = vec![("config.yaml".to_owned(), config_file.to_owned())];
-    let data_root = root.join(data);
-    if data_root.is_dir() {
-        walk(&data_root, &rel_string(data), &mut files)?;
+    let mut seen = Vec::new();
+    for (i, dir) in std::iter::once(&data_dir).chain(code_dirs).enumerate() {
+        let rel = Path::new(dir.trim_end_matches('/'));
+        if !is_plain_relative(rel) {
+            // data_dir must be inside; a code directory elsewhere is not copied.
+            if i == 0 {
+                return Err(BundleError::Invalid(format!(
+                    "data_dir `{data_dir}` must be a relative path inside the model directory"
+                )));
+            }
+            continue;
+        }
+        let rel = rel_string(rel);
+        if seen.contains(&rel) {
+            continue;
+        }
+        let abs = root.join(&rel);
+        if abs.is_dir() {
+            walk(&abs, &rel, &mut files)?;
+        }
+        seen.push(rel);
     }
     files.sort();
+    files.dedup_by(|a, b| a.0 == b.0);
     Ok(files)
 }
 

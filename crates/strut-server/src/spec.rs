@@ -22,8 +22,9 @@ pub enum SpecError {
         path: PathBuf,
         diagnostics: Vec<Diagnostic>,
     },
-    #[error("model_class_name `{class}` is not compiled into this binary; available: {available}")]
-    UnknownClass { class: String, available: String },
+    /// Not compiled in, and no fallback (a Python `model.py`) to serve it.
+    #[error(transparent)]
+    UnknownClass(strut_model::RegistryError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error("runtime.predict_concurrency must be at least 1")]
@@ -75,18 +76,18 @@ pub fn spec_for(
     options: &SpecOptions<'_>,
 ) -> Result<DeploymentSpec, SpecError> {
     let config = &loaded.config;
-    if !registry.contains(&config.model_class_name) {
-        return Err(SpecError::UnknownClass {
-            class: config.model_class_name.clone(),
-            available: registry.names().collect::<Vec<_>>().join(", "),
-        });
-    }
+    let mut probe = InitContext::new(loaded.to_json(), loaded.data_dir());
+    probe.model_dir = Some(loaded.root.clone());
+    registry
+        .check(&config.model_class_name, &probe)
+        .map_err(SpecError::UnknownClass)?;
     let secrets = resolve_secrets(&config.secrets, options.secrets_dir)?;
     let concurrency =
         usize::try_from(config.runtime.predict_concurrency).map_err(|_| SpecError::Concurrency)?;
     let init = InitContext {
-        config: loaded.to_json(),
+        config: probe.config,
         data_dir: loaded.data_dir(),
+        model_dir: probe.model_dir,
         secrets,
         environment: options.environment.map(Environment::named),
         telemetry: Telemetry::default(),

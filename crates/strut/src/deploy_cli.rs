@@ -75,8 +75,7 @@ pub fn push(args: &PushArgs) -> ExitCode {
         };
         let (loaded, _) = strut_server::load_validated(&args.dir)
             .with_context(|| format!("checking {}", args.dir.display()))?;
-        let files =
-            strut_server::bundle::model_files(&loaded.root, &loaded.path, &loaded.config.data_dir)?;
+        let files = strut_server::bundle::deployment_files(&loaded)?;
         let archive = strut_server::bundle::pack(&files)?;
         let mut request = client
             .request(

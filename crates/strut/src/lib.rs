@@ -41,7 +41,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a model directory (or its config.yaml) over HTTP.
-    Serve(serve::ServeArgs),
+    // Boxed: the server's settings make it much the largest command.
+    Serve(Box<serve::ServeArgs>),
     /// Send one request to a running server and print the reply.
     Predict(predict::PredictArgs),
     /// Work with config.yaml files.
@@ -90,7 +91,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             let _logging = logging::init(cli.log_format);
-            serve::run(args, registry)
+            serve::run(*args, registry)
         }
         Command::Predict(args) => predict::run(args),
         Command::Config {

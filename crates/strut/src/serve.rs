@@ -2,10 +2,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use strut_model::Registry;
+use strut_python::PythonSettings;
 use strut_queue::SqliteStore;
 use strut_server::{ApiKeys, ControlSettings, Server, Settings, TracingLogSink};
 
@@ -22,6 +24,14 @@ pub struct ServeArgs {
     /// The environment this deployment serves, handed to the model's init.
     #[arg(long, env = "STRUT_ENVIRONMENT")]
     pub environment: Option<String>,
+    /// The Python that runs a Truss directory's `model.py` (its environment
+    /// has the model's requirements).
+    #[arg(long, env = "STRUT_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// Seconds a Python model may take to import and run `load` (Truss's
+    /// limit is 30 minutes).
+    #[arg(long, env = "STRUT_LOAD_TIMEOUT", default_value_t = 1800)]
+    pub load_timeout: u64,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -42,8 +52,17 @@ pub fn run(args: ServeArgs, registry: Registry) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs, registry: Registry) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
     let settings = &args.settings;
+    // A class that is not compiled in is served from the directory's own
+    // model.py, when it has one.
+    strut_python::register(
+        &mut registry,
+        PythonSettings {
+            python: args.python.clone(),
+            load_timeout: Duration::from_secs(args.load_timeout),
+        },
+    );
     let key_file = settings.admin_api_key_file();
     let api_keys =
         ApiKeys::from_file(&key_file).with_context(|| format!("reading {}", key_file.display()))?;

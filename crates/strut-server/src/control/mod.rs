@@ -208,7 +208,7 @@ impl Control {
         };
         // Refuse an unknown class or a missing secret before copying anything.
         spec_for(&loaded, String::new(), &self.settings.registry, &options)?;
-        let files = bundle::model_files(&loaded.root, &loaded.path, &loaded.config.data_dir)?;
+        let files = bundle::deployment_files(&loaded)?;
         let fingerprint = bundle::fingerprint(&files)?;
         let existing = {
             let records = self.records.lock().expect("records lock");

@@ -1,0 +1,376 @@
+//! A Truss `model.py` as an [`AsyncModel`]: each call is a request to the
+//! worker process; a supervisor thread restarts the worker when it dies.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::prelude::{BASE64_STANDARD, Engine as _};
+use serde_json::{Value, json};
+use strut_model::{AsyncModel, Chunk, InitContext, LogLevel, ModelError, Output, RequestContext};
+use tokio::sync::mpsc;
+
+use crate::PythonSettings;
+use crate::conn::{self, Conn, Frame, Launch, StartError};
+
+/// The worker, as shipped inside the binary.
+const WORKER: &str = include_str!("worker.py");
+
+pub struct PythonModel {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: PythonSettings,
+    model_dir: PathBuf,
+    init: Value,
+    /// Holds the worker script and the sockets; removed with the model.
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    state: RwLock<State>,
+    child: Mutex<Option<Child>>,
+    stopping: AtomicBool,
+}
+
+enum State {
+    /// Not started, or restarting after the worker died (why, for errors).
+    Down(String),
+    Up(Arc<Conn>),
+}
+
+impl PythonModel {
+    pub fn new(ctx: InitContext, settings: PythonSettings) -> Result<Self, ModelError> {
+        let model_dir = ctx
+            .model_dir
+            .clone()
+            .ok_or_else(|| ModelError::internal("a Python model needs its model directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("strut-py-")
+            .tempdir()
+            .map_err(|e| ModelError::internal(format!("a directory for the worker: {e}")))?;
+        let script = dir.path().join("worker.py");
+        std::fs::write(&script, WORKER)
+            .map_err(|e| ModelError::internal(format!("writing the worker: {e}")))?;
+        let secrets: serde_json::Map<String, Value> = ctx
+            .secrets
+            .names()
+            .filter_map(|name| Some((name.to_owned(), json!(ctx.secrets.get(name).ok()?))))
+            .collect();
+        let init = json!({
+            "op": "init",
+            "config": ctx.config,
+            "model_dir": model_dir,
+            "secrets": secrets,
+            "environment": ctx.environment,
+        });
+        Ok(Self {
+            shared: Arc::new(Shared {
+                settings,
+                model_dir,
+                init,
+                dir,
+                script,
+                state: RwLock::new(State::Down("not loaded yet".into())),
+                child: Mutex::new(None),
+                stopping: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+impl Drop for PythonModel {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        conn::kill(&self.shared.child);
+    }
+}
+
+impl Shared {
+    fn start(&self) -> Result<Arc<Conn>, StartError> {
+        conn::kill(&self.child);
+        let launch = Launch {
+            python: &self.settings.python,
+            script: &self.script,
+            socket_dir: self.dir.path(),
+            init: &self.init,
+            model_dir: &self.model_dir,
+            load_timeout: self.settings.load_timeout,
+        };
+        let started = Conn::start(&launch, &self.child)?;
+        *self.state.write().expect("state lock") = State::Up(started.clone());
+        Ok(started)
+    }
+
+    fn conn(&self) -> Result<Arc<Conn>, ModelError> {
+        let restarting = |why: &str| {
+            ModelError::new(
+                strut_model::ErrorKind::NotReady,
+                format!("the model's Python worker is restarting ({why})"),
+            )
+        };
+        match &*self.state.read().expect("state lock") {
+            State::Up(conn) if conn.is_alive() => Ok(conn.clone()),
+            // Gone, and the supervisor has yet to notice.
+            State::Up(_) => Err(restarting("it exited")),
+            State::Down(why) => Err(restarting(why)),
+        }
+    }
+
+    /// Watches the worker; when it dies, restarts it and loads again, until
+    /// the model is dropped.
+    fn supervise(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        while !self.stopping.load(Ordering::SeqCst) {
+            let Some(status) = conn::exited(&self.child) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            tracing::error!(
+                "the model's Python worker exited ({status}); failing its requests and restarting it"
+            );
+            *self.state.write().expect("state lock") = State::Down(format!("it exited: {status}"));
+            loop {
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match self.start() {
+                    Ok(conn) => {
+                        tracing::info!(pid = conn.pid, "the Python worker is loaded again");
+                        backoff = Duration::from_secs(1);
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::error!(
+                            "restarting the Python worker: {err}; next try in {backoff:?}"
+                        );
+                        *self.state.write().expect("state lock") = State::Down(err.to_string());
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request's reply, once its head has come.
+enum Reply {
+    Value(Value),
+    Stream(Pending),
+}
+
+/// A request the worker is still answering. Dropping it before the end
+/// (the client went away, the deadline passed) tells the worker to cancel.
+struct Pending {
+    conn: Arc<Conn>,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.notify(&json!({"op": "cancel", "id": self.id}));
+        }
+        self.conn.finish(self.id);
+    }
+}
+
+impl Pending {
+    /// The next frame that is not a log line (those go to the request's log).
+    async fn next(&mut self, ctx: &RequestContext) -> Result<Frame, ModelError> {
+        loop {
+            let Some(frame) = self.rx.recv().await else {
+                self.done = true;
+                return Err(died());
+            };
+            if let Some(line) = frame.get("log").and_then(Value::as_str) {
+                let level = match frame.get("level").and_then(Value::as_str) {
+                    Some("error" | "critical") => LogLevel::Error,
+                    Some("warn" | "warning") => LogLevel::Warn,
+                    Some("debug") => LogLevel::Debug,
+                    _ => LogLevel::Info,
+                };
+                ctx.log().log(level, line);
+                continue;
+            }
+            if let Some(err) = frame.get("err") {
+                self.done = true;
+                return Err(model_error(err));
+            }
+            return Ok(frame);
+        }
+    }
+}
+
+fn died() -> ModelError {
+    ModelError::with_status(
+        500,
+        "the model's Python worker process exited while handling this request; it is being restarted",
+    )
+}
+
+/// The worker's `{"status", "message"}` as the model layer's error: Truss
+/// keeps an `HTTPException`'s status and detail, and turns anything else
+/// into a 500 whose detail stays in the log.
+fn model_error(err: &Value) -> ModelError {
+    let status = err.get("status").and_then(Value::as_u64).unwrap_or(500) as u16;
+    let message = err
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("the model failed")
+        .to_owned();
+    match status {
+        499 => ModelError::cancelled(),
+        500 => ModelError::internal(message),
+        400 => ModelError::invalid_input(message),
+        _ => ModelError::with_status(status, message),
+    }
+}
+
+impl PythonModel {
+    async fn call(
+        &self,
+        op: &str,
+        input: Value,
+        ctx: &RequestContext,
+    ) -> Result<Reply, ModelError> {
+        let conn = self.shared.conn()?;
+        let (id, rx) = conn.request(op, Some(&input)).map_err(|_| {
+            ModelError::new(
+                strut_model::ErrorKind::NotReady,
+                "the model's Python worker is restarting (it exited)",
+            )
+        })?;
+        let mut pending = Pending {
+            conn,
+            id,
+            rx,
+            done: false,
+        };
+        let frame = tokio::select! {
+            frame = pending.next(ctx) => frame?,
+            () = ctx.cancelled() => return Err(ModelError::cancelled()),
+        };
+        if frame.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Ok(Reply::Stream(pending));
+        }
+        pending.done = true;
+        Ok(Reply::Value(
+            frame.get("ok").cloned().unwrap_or(Value::Null),
+        ))
+    }
+
+    async fn value(
+        &self,
+        op: &str,
+        input: Value,
+        ctx: &RequestContext,
+    ) -> Result<Value, ModelError> {
+        match self.call(op, input, ctx).await? {
+            Reply::Value(value) => Ok(value),
+            Reply::Stream(_) => Err(ModelError::internal(format!("`{op}` returned a generator"))),
+        }
+    }
+
+    fn has(&self, method: &str) -> bool {
+        self.shared
+            .conn()
+            .is_ok_and(|conn| conn.methods.iter().any(|m| m == method))
+    }
+}
+
+/// A streamed reply as chunks; each chunk taken gives the worker credit
+/// for one more, so a slow client slows the model down.
+fn chunks(
+    pending: Pending,
+    ctx: RequestContext,
+) -> impl futures::Stream<Item = Result<Chunk, ModelError>> + Send + 'static {
+    futures::stream::unfold(Some((pending, ctx)), |state| async move {
+        let (mut pending, ctx) = state?;
+        let frame = match pending.next(&ctx).await {
+            Ok(frame) => frame,
+            Err(err) => return Some((Err(err), None)),
+        };
+        if frame.get("end").is_some() {
+            pending.done = true;
+            return None;
+        }
+        let chunk = if let Some(text) = frame.get("chunk").and_then(Value::as_str) {
+            Chunk::text(text)
+        } else if let Some(b64) = frame.get("chunk_b64").and_then(Value::as_str) {
+            match BASE64_STANDARD.decode(b64) {
+                Ok(bytes) => Chunk::bytes(bytes),
+                Err(e) => return Some((Err(ModelError::internal(format!("a chunk: {e}"))), None)),
+            }
+        } else {
+            return Some((
+                Err(ModelError::internal("the worker sent an unknown frame")),
+                None,
+            ));
+        };
+        pending
+            .conn
+            .notify(&json!({"op": "ack", "id": pending.id, "n": 1}));
+        Some((Ok(chunk), Some((pending, ctx))))
+    })
+}
+
+#[async_trait]
+impl AsyncModel for PythonModel {
+    fn load(&mut self) -> Result<(), ModelError> {
+        let conn = self
+            .shared
+            .start()
+            .map_err(|err| ModelError::internal(err.to_string()))?;
+        tracing::info!(pid = conn.pid, methods = ?conn.methods, "the Python model is loaded");
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("python-supervisor".into())
+            .spawn(move || shared.supervise())
+            .map_err(|e| ModelError::internal(format!("starting the supervisor: {e}")))?;
+        Ok(())
+    }
+
+    async fn preprocess(&self, input: Value, ctx: &RequestContext) -> Result<Value, ModelError> {
+        if !self.has("preprocess") {
+            return Ok(input);
+        }
+        self.value("preprocess", input, ctx).await
+    }
+
+    async fn predict(&self, input: Value, ctx: &RequestContext) -> Result<Output, ModelError> {
+        match self.call("predict", input, ctx).await? {
+            Reply::Value(value) => Ok(Output::Json(value)),
+            Reply::Stream(pending) => Ok(Output::from_stream(chunks(pending, ctx.clone()))),
+        }
+    }
+
+    async fn postprocess(&self, output: Value, ctx: &RequestContext) -> Result<Value, ModelError> {
+        if !self.has("postprocess") {
+            return Ok(output);
+        }
+        self.value("postprocess", output, ctx).await
+    }
+
+    async fn is_healthy(&self) -> bool {
+        let Ok(conn) = self.shared.conn() else {
+            return false;
+        };
+        if !conn.methods.iter().any(|m| m == "is_healthy") {
+            return true;
+        }
+        let ctx = RequestContext::detached("health");
+        matches!(
+            self.value("health", Value::Null, &ctx).await,
+            Ok(Value::Bool(true))
+        )
+    }
+}

@@ -1,0 +1,291 @@
+//! Truss model.py fixtures (tests/truss-fixtures) served by the Python
+//! backend behind strut's HTTP server, in-process: the Truss contract, the
+//! three stream forms, error mapping, and crash isolation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use strut_model::Registry;
+use strut_python::PythonSettings;
+use strut_server::{Deployment, Limits, PRODUCTION, Server, SpecOptions};
+use tower::ServiceExt;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/truss-fixtures")
+        .join(name)
+}
+
+fn registry(settings: PythonSettings) -> Registry {
+    let mut registry = Registry::new();
+    strut_python::register(&mut registry, settings);
+    registry
+}
+
+struct Served {
+    router: axum::Router,
+    deployment: Arc<Deployment>,
+    _secrets: tempfile::TempDir,
+}
+
+/// Request log lines, as the server hands them to its sink.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<(String, String)>>);
+
+impl strut_model::LogSink for Lines {
+    fn write(&self, request_id: &str, _level: strut_model::LogLevel, message: &str) {
+        let line = (request_id.to_owned(), message.to_owned());
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+fn deploy(name: &str, settings: PythonSettings) -> Served {
+    deploy_with(name, settings, Arc::new(Lines::default()))
+}
+
+fn deploy_with(name: &str, settings: PythonSettings, lines: Arc<Lines>) -> Served {
+    let (loaded, _) = strut_server::load_validated(&fixture(name)).expect("the fixture validates");
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("api_token"), "t0k3n").unwrap();
+    let options = SpecOptions {
+        secrets_dir: secrets.path(),
+        environment: None,
+    };
+    let registry = registry(settings);
+    let spec = strut_server::spec_for(&loaded, format!("py-{name}"), &registry, &options)
+        .expect("a Python model is accepted");
+    let limits = Limits {
+        load_retries: 0,
+        ..Limits::default()
+    };
+    let server = Server::with_log_sink(limits, lines);
+    let deployment = server.deploy(spec, &registry, &[PRODUCTION]);
+    Served {
+        router: server.router(),
+        deployment,
+        _secrets: secrets,
+    }
+}
+
+async fn serve(name: &str) -> Served {
+    let served = deploy(name, PythonSettings::default());
+    served.deployment.loaded().await.expect("the fixture loads");
+    served
+}
+
+struct Reply {
+    status: StatusCode,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+}
+
+async fn post(router: &axum::Router, body: Value, accept: Option<&str>) -> Reply {
+    let mut request = Request::post("/predict").header("content-type", "application/json");
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let request = request.body(Body::from(body.to_string())).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+async fn ready(router: &axum::Router) -> StatusCode {
+    let request = Request::get("/v1/models/model")
+        .body(Body::empty())
+        .unwrap();
+    router.clone().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn echo_round_trips_json() {
+    let served = serve("echo").await;
+    let reply = post(
+        &served.router,
+        json!({"x": [1, "two", {"three": 3.5}]}),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"x": [1, "two", {"three": 3.5}]}));
+    assert_eq!(ready(&served.router).await, 200);
+}
+
+#[tokio::test]
+async fn the_truss_lifecycle_runs_in_order_with_only_the_arguments_init_names() {
+    let served = serve("lifecycle").await;
+    let reply = post(&served.router, json!({"name": "strut"}), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({
+            "output": {
+                "message": "hello, strut",
+                "preprocessed": true,
+                "has_token": true,
+                "loads": 1,
+            },
+            "postprocessed": true,
+        })
+    );
+    // `is_healthy` is the model's own (true after exactly one load).
+    assert_eq!(ready(&served.router).await, 200);
+}
+
+#[tokio::test]
+async fn what_the_model_prints_or_logs_lands_in_its_requests_log() {
+    let lines = Arc::new(Lines::default());
+    let served = deploy_with("lifecycle", PythonSettings::default(), lines.clone());
+    served.deployment.loaded().await.unwrap();
+    let request = Request::post("/predict")
+        .header("x-request-id", "req-42")
+        .body(Body::from(r#"{"name": "logs"}"#))
+        .unwrap();
+    let response = served.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let lines = lines.0.lock().unwrap().clone();
+    assert!(
+        lines.contains(&("req-42".into(), "predicting for logs".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&(
+            "req-42".into(),
+            "lifecycle: a warning from the model".into()
+        )),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn generators_stream_as_raw_chunks_sse_or_collected_json() {
+    let served = serve("streaming").await;
+    let raw = post(&served.router, json!({"n": 3}), None).await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.text, "part0;part1;part2;");
+    let sse = post(
+        &served.router,
+        json!({"n": 2, "async": true}),
+        Some("text/event-stream"),
+    )
+    .await;
+    assert_eq!(sse.text, "data: async0;\n\ndata: async1;\n\n");
+    let collected = post(&served.router, json!({"n": 2}), Some("application/json")).await;
+    assert_eq!(collected.json(), json!("part0;part1;"));
+    // A long stream goes through the credit window (16 chunks ahead).
+    let long = post(&served.router, json!({"n": 200}), None).await;
+    assert_eq!(long.text.matches(';').count(), 200);
+}
+
+#[tokio::test]
+async fn an_http_exception_keeps_its_status_and_anything_else_is_a_generic_500() {
+    let served = serve("errors").await;
+    let teapot = post(&served.router, json!({"fail": "teapot"}), None).await;
+    assert_eq!(teapot.status, 418, "{}", teapot.text);
+    assert!(teapot.text.contains("I'm a teapot"), "{}", teapot.text);
+    let internal = post(&served.router, json!({"fail": "value"}), None).await;
+    assert_eq!(internal.status, 500);
+    assert!(
+        !internal.text.contains("hunter2"),
+        "internals leak: {}",
+        internal.text
+    );
+    assert_eq!(
+        post(&served.router, json!({}), None).await.json(),
+        json!({"ok": true})
+    );
+}
+
+#[tokio::test]
+async fn a_crash_fails_only_its_request_and_the_worker_comes_back() {
+    let served = serve("crashy").await;
+    let before = post(&served.router, json!({}), None).await.json()["pid"].clone();
+    for crash in ["segfault", "exit"] {
+        let reply = post(&served.router, json!({"crash": crash}), None).await;
+        assert_eq!(reply.status, 500, "{crash}: {}", reply.text);
+        assert!(
+            reply.text.contains("worker process exited"),
+            "{crash}: {}",
+            reply.text
+        );
+        // Restarted and loaded again: ready, serving, in a new process.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = post(&served.router, json!({}), None).await;
+            if reply.status == 200 {
+                assert_ne!(reply.json()["pid"], before, "{crash}: a new worker");
+                break;
+            }
+            assert_eq!(
+                reply.status, 503,
+                "{crash}: restarting is 503: {}",
+                reply.text
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{crash}: the worker did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ready(&served.router).await, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_load_that_hangs_is_ended_by_the_load_timeout() {
+    let settings = PythonSettings {
+        load_timeout: Duration::from_secs(2),
+        ..PythonSettings::default()
+    };
+    let served = deploy("hang-load", settings);
+    let started = Instant::now();
+    let err = served.deployment.loaded().await.unwrap_err();
+    assert!(err.contains("load did not finish within 2 s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(ready(&served.router).await, 503);
+}
+
+#[test]
+fn a_directory_with_neither_a_class_nor_a_model_file_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "model_class_name: Llama3\npython_version: py311\nmodel_metadata:\n  example_model_input: {}\n",
+    )
+    .unwrap();
+    let (loaded, _) = strut_server::load_validated(dir.path()).unwrap();
+    let options = SpecOptions {
+        secrets_dir: dir.path(),
+        environment: None,
+    };
+    let err = strut_server::spec_for(
+        &loaded,
+        "x".into(),
+        &registry(PythonSettings::default()),
+        &options,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model_class_name `Llama3` is not compiled into this binary"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nor does the directory have a Python model class in model/model.py"),
+        "{err}"
+    );
+}

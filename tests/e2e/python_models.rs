@@ -1,0 +1,93 @@
+//! A Truss directory's model.py served by the `strut` binary as a user runs
+//! it: `strut serve tests/truss-fixtures/...`, then the sync and async APIs
+//! and a clean SIGTERM that stops the worker too.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::client;
+use crate::common::process::StrutProcess;
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/truss-fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+async fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = client().get(format!("{url}/v1/models/model")).send().await;
+        if response.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("api_token"), "t0k3n").unwrap();
+    let secrets_dir = secrets.path().display().to_string();
+    let server = StrutProcess::serve(&[&fixture("lifecycle"), "--secrets-dir", &secrets_dir], &[]);
+    wait_ready(&server.url).await;
+
+    let reply: Value = client()
+        .post(format!("{}/predict", server.url))
+        .json(&json!({"name": "cli"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["output"]["message"], "hello, cli", "{reply}");
+    assert_eq!(reply["postprocessed"], true);
+
+    // The async queue runs the same model; what it prints is in the status.
+    let submitted: Value = client()
+        .post(format!("{}/async_predict", server.url))
+        .json(&json!({"model_input": {"name": "queued"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = submitted["request_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status: Value = client()
+            .get(format!("{}/async_request/{id}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["status"] == "SUCCEEDED" || status["status"] == "FAILED" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["status"], "SUCCEEDED", "{status:#}");
+    assert_eq!(status["output"]["output"]["message"], "hello, queued");
+    let logs: Vec<&str> = status["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert!(logs.contains(&"predicting for queued"), "{logs:?}");
+
+    server.sigterm();
+    let (exit, logs) = server.wait(Duration::from_secs(20));
+    assert!(exit.success(), "{logs}");
+}

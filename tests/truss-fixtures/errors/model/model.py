@@ -1,0 +1,16 @@
+class HTTPException(Exception):
+    """The shape of fastapi's HTTPException (no fastapi needed to run this)."""
+
+    def __init__(self, status_code, detail):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class Model:
+    def predict(self, model_input):
+        if model_input.get("fail") == "teapot":
+            raise HTTPException(status_code=418, detail="I'm a teapot")
+        if model_input.get("fail") == "value":
+            raise ValueError("internal detail: the database password is hunter2")
+        return {"ok": True}
