@@ -192,6 +192,17 @@ async fn generators_stream_as_raw_chunks_sse_or_collected_json() {
 }
 
 #[tokio::test]
+async fn arrays_and_pydantic_models_are_serialised_as_truss_does() {
+    let served = serve("outputs").await;
+    let reply = post(&served.router, json!({}), None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({"vector": [0.5, 1.5], "reply": {"label": "positive", "score": 0.9}, "pair": [1, 2]})
+    );
+}
+
+#[tokio::test]
 async fn an_http_exception_keeps_its_status_and_anything_else_is_a_generic_500() {
     let served = serve("errors").await;
     let teapot = post(&served.router, json!({"fail": "teapot"}), None).await;
