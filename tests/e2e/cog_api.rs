@@ -48,7 +48,7 @@ async fn sync_predictions_have_cogs_shape_with_logs_and_metrics() {
         (200, Some("failed")),
         "a failed prediction is 200"
     );
-    assert_eq!(body["error"], "Internal Server Error (in model).");
+    assert_eq!(body["error"], "Internal Server Error (in model/chainlet).");
     let (status, body) = post(&url, json!({"input": {"fail": "input"}})).await;
     assert_eq!((status, body["status"].as_str()), (422, Some("failed")));
     assert_eq!(body["error"], "field `x` must be positive");

@@ -133,7 +133,7 @@ async fn model_errors_map_to_statuses_without_leaking_internals() {
         "600",
     )
     .await;
-    assert_eq!(body["error"], "Internal Server Error (in model).");
+    assert_eq!(body["error"], "Internal Server Error (in model/chainlet).");
     assert!(!body.to_string().contains("hunter2"));
 
     let body = assert_error(
@@ -158,7 +158,7 @@ async fn a_panicking_model_fails_that_request_and_the_server_keeps_serving() {
         )
         .await;
         assert_eq!(
-            body["error"], "Internal Server Error (in model).",
+            body["error"], "Internal Server Error (in model/chainlet).",
             "{class}"
         );
         let response = send(&router, post_json("/predict", r#"{"after": "panic"}"#)).await;

@@ -12,8 +12,9 @@ const TRUSS_CLIENT: &str = "700";
 const TRUSS_MODEL: &str = "600";
 const TRUSS_SERVER: &str = "500";
 
-/// Returned to clients for failures whose detail must not leak.
-pub const INTERNAL_MODEL_MESSAGE: &str = "Internal Server Error (in model).";
+/// Returned to clients for failures whose detail must not leak: Truss
+/// 0.18's words exactly (scripts/truss_agreement.py compares them).
+pub const INTERNAL_MODEL_MESSAGE: &str = "Internal Server Error (in model/chainlet).";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

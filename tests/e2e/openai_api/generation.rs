@@ -215,7 +215,7 @@ async fn an_error_after_the_stream_began_is_an_error_event_without_done() {
         assert_eq!(reply.status, 200, "the head went out before the failure");
         let text = normalise(&reply.text, "chatcmpl-");
         let error = format!(
-            r#"data: {{"error":{{"message":"Internal Server Error (in model).","type":"server_error","param":null,"code":"{code}"}}}}"#
+            r#"data: {{"error":{{"message":"Internal Server Error (in model/chainlet).","type":"server_error","param":null,"code":"{code}"}}}}"#
         );
         assert!(
             text.ends_with(&format!(",\"finish_reason\":null}}]}}\n\n{error}\n\n")),

@@ -1,10 +1,12 @@
-class HTTPException(Exception):
-    """The shape of fastapi's HTTPException (no fastapi needed to run this)."""
+try:
+    from fastapi import HTTPException
+except ImportError:  # strut's worker needs no fastapi: the same shape serves
 
-    def __init__(self, status_code, detail):
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
+    class HTTPException(Exception):
+        def __init__(self, status_code, detail):
+            super().__init__(detail)
+            self.status_code = status_code
+            self.detail = detail
 
 
 class Model:

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The Truss model.py fixtures (tests/truss-fixtures) under strut and under
+Truss 0.18.35's own server, the same requests to both, and whether they
+agree on status, body and stream bytes. Exits 1 on a difference that is not
+one of strut's deliberate ones (listed in DELIBERATE and the README).
+
+    python3 scripts/truss_agreement.py
+
+Truss's server comes from ../shared/peers/setup.sh (PyPI only); each fixture
+becomes its app folder through ../shared/peers/truss-app.sh. strut is the
+release binary (built here if missing).
+"""
+import json, os, signal, subprocess, sys, tempfile, time, urllib.error, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "peers")
+PEERS = os.environ.get("PEERS_DIR", os.path.expanduser("~/.cache/strut-peers"))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+FIXTURES = os.path.join(ROOT, "tests", "truss-fixtures")
+PATH = "/v1/models/model:predict"  # Truss's predict route; strut serves it too
+
+# fixture -> request bodies (JSON); every one is sent to both servers.
+CASES = {
+    "echo": [{"x": 1}, [1, "two", None, {"three": 3.5}], "text", 42],
+    "lifecycle": [{"name": "a"}],
+    "streaming": [{"n": 3}, {"n": 2, "async": True}, {"n": 0}],
+    "errors": [{"fail": "teapot"}, {"fail": "value"}, {}],
+    "outputs": [{"kind": "numpy"}, {"kind": "pydantic"}, {"kind": "tuple"}],
+}
+# strut's error bodies carry a stable `code` next to Truss's `error`.
+DELIBERATE = {"code"}
+
+
+def request(port, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers.get("content-type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type", ""), e.read()
+
+
+def comparable(content_type, raw):
+    if "json" in content_type:
+        value = json.loads(raw)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in DELIBERATE}
+        return value
+    return raw.decode("utf-8", errors="replace")
+
+
+def wait(port, proc, name):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/model", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{name} not ready")
+
+
+def main():
+    strut = os.path.join(TARGET, "release", "strut")
+    if not os.path.exists(strut):
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "strut"], cwd=ROOT, check=True)
+    if not os.path.exists(f"{PEERS}/run_truss_local.py"):
+        subprocess.run(["bash", os.path.join(SHARED, "setup.sh")], check=True)
+    secrets = tempfile.mkdtemp()
+    with open(os.path.join(secrets, "api_token"), "w") as f:
+        f.write("t0k3n")
+    rows, failures = [], 0
+    for fixture, bodies in CASES.items():
+        path = os.path.join(FIXTURES, fixture)
+        app = subprocess.run(["bash", os.path.join(SHARED, "truss-app.sh"), path], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        env = {**os.environ, "RUST_LOG": "warn", "INFERENCE_SERVER_PORT": "18202",
+               "TRUSS_SECRET_api_token": "t0k3n"}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        procs = [
+            subprocess.Popen([strut, "serve", path, "--host", "127.0.0.1", "--port", "18201",
+                              "--secrets-dir", secrets], env=env, **quiet),
+            subprocess.Popen([f"{PEERS}/truss-server-venv/bin/python", f"{PEERS}/run_truss_local.py"],
+                             cwd=app, env=env, **quiet),
+        ]
+        try:
+            wait(18201, procs[0], f"strut {fixture}")
+            wait(18202, procs[1], f"truss {fixture}")
+            for body in bodies:
+                s_status, s_type, s_raw = request(18201, body)
+                t_status, t_type, t_raw = request(18202, body)
+                same_status = s_status == t_status
+                s_body, t_body = comparable(s_type, s_raw), comparable(t_type, t_raw)
+                same_body = s_body == t_body
+                ok = same_status and same_body
+                failures += not ok
+                rows.append((fixture, json.dumps(body), f"{s_status}/{t_status}",
+                             "yes" if same_body else f"no: strut {s_body!r} truss {t_body!r}"))
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    print("| fixture | request | status strut/truss | body and stream bytes agree |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\n{len(rows) - failures} of {len(rows)} requests agree"
+          f" (strut's extra `code` field in error bodies aside)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
