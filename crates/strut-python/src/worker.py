@@ -173,7 +173,23 @@ class Worker:
         # The model directory itself, so `model/` imports as a package.
         sys.path.insert(0, str(root))
 
+    def check_python_version(self):
+        """config.yaml's `python_version` (Truss's `py311`) must be this
+        interpreter's, or the model runs where it was not meant to."""
+        asked = str(self.config.get("python_version") or "")
+        if not asked.startswith("py3") or not asked[3:].isdigit():
+            return
+        minor = int(asked[3:])
+        if sys.version_info[:2] != (3, minor):
+            have = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            raise RuntimeError(
+                f"config.yaml asks for python_version {asked} (Python 3.{minor}), but "
+                f"{sys.executable} is Python {have}; pass --python with a Python 3.{minor} "
+                f"interpreter that has the model's requirements"
+            )
+
     def build(self):
+        self.check_python_version()
         self.setup_path()
         module_dir = self.config.get("model_module_dir") or "model"
         filename = self.config.get("model_class_filename") or "model.py"

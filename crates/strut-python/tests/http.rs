@@ -303,3 +303,46 @@ fn a_directory_with_neither_a_class_nor_a_model_file_is_refused_naming_both() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_python_version_the_interpreter_does_not_satisfy_is_a_clear_load_error() {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.version_info[1])"])
+        .output()
+        .unwrap();
+    let minor: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let other = if minor == 10 { 11 } else { 10 };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    std::fs::copy(
+        fixture("echo").join("model/model.py"),
+        dir.path().join("model/model.py"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!("python_version: py3{other}\nmodel_metadata:\n  example_model_input: {{}}\n"),
+    )
+    .unwrap();
+    let (loaded, _) = strut_server::load_validated(dir.path()).unwrap();
+    let options = SpecOptions {
+        secrets_dir: dir.path(),
+        environment: None,
+    };
+    let registry = registry(PythonSettings::default());
+    let spec = strut_server::spec_for(&loaded, "v".into(), &registry, &options).unwrap();
+    let server = Server::new(Limits {
+        load_retries: 0,
+        ..Limits::default()
+    });
+    let deployment = server.deploy(spec, &registry, &[PRODUCTION]);
+    let err = deployment.loaded().await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "config.yaml asks for python_version py3{other} (Python 3.{other}), but"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("is Python 3.{minor}")), "{err}");
+    assert!(!err.contains("Traceback"), "{err}");
+}
