@@ -99,7 +99,10 @@ async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
         .unwrap();
     assert_eq!(cog["status"], "succeeded", "{cog}");
     assert_eq!(cog["output"]["output"]["message"], "hello, cog");
-    assert!(cog["logs"].as_str().unwrap().contains("predicting for cog"), "{cog}");
+    assert!(
+        cog["logs"].as_str().unwrap().contains("predicting for cog"),
+        "{cog}"
+    );
     let kserve: Value = client()
         .post(format!("{}/v1/models/model:predict", server.url))
         .json(&json!({"instances": [{"name": "one"}, {"name": "two"}]}))
@@ -109,7 +112,10 @@ async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
         .json()
         .await
         .unwrap();
-    assert_eq!(kserve["predictions"][1]["output"]["message"], "hello, two", "{kserve}");
+    assert_eq!(
+        kserve["predictions"][1]["output"]["message"], "hello, two",
+        "{kserve}"
+    );
 
     server.sigterm();
     let (exit, logs) = server.wait(Duration::from_secs(20));
