@@ -22,7 +22,9 @@ pub(crate) type Frame = serde_json::Map<String, Value>;
 
 /// A live worker: its child process and the socket to it.
 pub(crate) struct Conn {
-    writer: Mutex<UnixStream>,
+    /// Frames for the writer thread: a request never blocks its task on the
+    /// socket (a busy worker reads late, and the socket buffer fills).
+    writer: std::sync::mpsc::Sender<Vec<u8>>,
     /// False once the socket has closed: the worker is gone.
     alive: Arc<AtomicBool>,
     pending: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>>,
@@ -153,7 +155,10 @@ impl Conn {
     }
 
     fn send(&self, message: &Value) -> std::io::Result<()> {
-        write_frame(&mut *self.writer.lock().expect("writer lock"), message)
+        let frame = frame(message)?;
+        self.writer
+            .send(frame)
+            .map_err(|_| std::io::Error::other("the worker's socket is closed"))
     }
 }
 
@@ -264,8 +269,20 @@ fn handshake(
         .name(format!("python-worker-{pid}"))
         .spawn(move || route_frames(reader, routes, live, pid))
         .map_err(|e| StartError::Process(e.to_string()))?;
+    let (frames, outbox) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name(format!("python-writer-{pid}"))
+        .spawn(move || {
+            // Ends when the connection is dropped or the socket breaks.
+            for frame in outbox {
+                if writer.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| StartError::Process(e.to_string()))?;
     Ok(Arc::new(Conn {
-        writer: Mutex::new(writer),
+        writer: frames,
         alive,
         pending,
         next_id: AtomicU64::new(0),
@@ -326,12 +343,16 @@ fn forward_output(stream: Option<impl Read + Send + 'static>, pid: u32, stderr: 
         });
 }
 
-pub(crate) fn write_frame(writer: &mut impl Write, message: &Value) -> std::io::Result<()> {
+fn frame(message: &Value) -> std::io::Result<Vec<u8>> {
     let body = serde_json::to_vec(message)?;
     let mut frame = Vec::with_capacity(body.len() + 4);
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    writer.write_all(&frame)
+    Ok(frame)
+}
+
+fn write_frame(writer: &mut impl Write, message: &Value) -> std::io::Result<()> {
+    writer.write_all(&frame(message)?)
 }
 
 /// The next frame; `None` at a clean end of the stream.
