@@ -26,14 +26,16 @@ CASES = {
     "streaming": [{"n": 3}, {"n": 2, "async": True}, {"n": 0}],
     "errors": [{"fail": "teapot"}, {"fail": "value"}, {}],
     "outputs": [{"kind": "numpy"}, {"kind": "pydantic"}, {"kind": "tuple"}],
+    "request": [{"x": 1}],
 }
 # strut's error bodies carry a stable `code` next to Truss's `error`.
 DELIBERATE = {"code"}
 
 
 def request(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}?mode=fast", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", "User-Agent": "agreement",
+                                          "X-Tenant": "acme"}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.headers.get("content-type", ""), r.read()

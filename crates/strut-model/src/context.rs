@@ -66,6 +66,18 @@ pub struct RequestContext {
     cancel: CancellationToken,
     logger: RequestLogger,
     deadline: Option<Instant>,
+    request: Option<Arc<RequestMeta>>,
+}
+
+/// What a model may read of the HTTP request behind its work, as Truss
+/// hands `predict` its `request`. Only filled for models that ask for it
+/// ([`crate::AsyncModel::wants_request`]), so others pay nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// Header names lowercased, in the order they came.
+    pub headers: Vec<(String, String)>,
+    /// The query string, without the `?`.
+    pub query: Option<String>,
 }
 
 impl RequestContext {
@@ -85,7 +97,20 @@ impl RequestContext {
             cancel,
             logger,
             deadline,
+            request: None,
         }
+    }
+
+    /// The context with the HTTP request's metadata attached.
+    pub fn with_request(mut self, request: RequestMeta) -> Self {
+        self.request = Some(Arc::new(request));
+        self
+    }
+
+    /// The HTTP request's metadata, when the model asked for it and the
+    /// work came from one (not from the async queue).
+    pub fn request(&self) -> Option<&RequestMeta> {
+        self.request.as_deref()
     }
 
     /// A context with no sink, no deadline and a fresh cancellation token:

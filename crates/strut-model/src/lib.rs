@@ -20,7 +20,7 @@ mod output;
 mod registry;
 mod telemetry;
 
-pub use context::{LogLevel, LogSink, RequestContext, RequestLogger};
+pub use context::{LogLevel, LogSink, RequestContext, RequestLogger, RequestMeta};
 pub use error::{ErrorKind, ModelError};
 pub use init::{Environment, InitContext, Secrets};
 pub use model::{AsyncModel, Model, ModelInstance};

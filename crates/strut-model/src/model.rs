@@ -34,6 +34,12 @@ pub trait Model: Send + Sync + 'static {
         true
     }
 
+    /// Whether `predict` reads the HTTP request's headers and query
+    /// ([`RequestContext::request`]). Asked once, after `load`.
+    fn wants_request(&self) -> bool {
+        false
+    }
+
     /// Text generation, if the model offers it. Asked once, after `load`.
     fn text_generation(&self) -> Option<Arc<dyn TextGeneration>> {
         None
@@ -68,6 +74,12 @@ pub trait AsyncModel: Send + Sync + 'static {
 
     async fn is_healthy(&self) -> bool {
         true
+    }
+
+    /// Whether `predict` reads the HTTP request's headers and query
+    /// ([`RequestContext::request`]). Asked once, after `load`.
+    fn wants_request(&self) -> bool {
+        false
     }
 
     /// Text generation, if the model offers it. Asked once, after `load`.

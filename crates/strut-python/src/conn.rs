@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use strut_model::RequestMeta;
 use tokio::sync::mpsc;
 
 /// The largest frame either side sends (a model input or output).
@@ -117,6 +118,7 @@ impl Conn {
         &self,
         op: &str,
         input: Option<&Value>,
+        http: Option<&RequestMeta>,
     ) -> std::io::Result<(u64, mpsc::UnboundedReceiver<Frame>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -132,6 +134,9 @@ impl Conn {
         let mut message = json!({"op": op, "id": id});
         if let Some(input) = input {
             message["input"] = input.clone();
+        }
+        if let Some(http) = http {
+            message["request"] = json!({"headers": http.headers, "query": http.query});
         }
         if let Err(err) = self.send(&message) {
             self.pending.lock().expect("pending lock").remove(&id);

@@ -243,7 +243,8 @@ impl PythonModel {
         ctx: &RequestContext,
     ) -> Result<Reply, ModelError> {
         let conn = self.shared.conn()?;
-        let (id, rx) = conn.request(op, Some(&input)).map_err(|_| {
+        let http = if op == "predict" { ctx.request() } else { None };
+        let (id, rx) = conn.request(op, Some(&input), http).map_err(|_| {
             ModelError::new(
                 strut_model::ErrorKind::NotReady,
                 "the model's Python worker is restarting (it exited)",
@@ -358,6 +359,10 @@ impl AsyncModel for PythonModel {
             return Ok(output);
         }
         self.value("postprocess", output, ctx).await
+    }
+
+    fn wants_request(&self) -> bool {
+        self.has("predict_request")
     }
 
     async fn is_healthy(&self) -> bool {

@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import traceback
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 # The request whose work is running here, for log capture: asyncio tasks
@@ -142,6 +143,32 @@ def error_of(exc):
     return {"status": 500, "message": f"{type(exc).__name__}: {exc}"}
 
 
+class Headers(dict):
+    """Header names looked up without regard to case, as starlette's."""
+
+    def __getitem__(self, name):
+        return super().__getitem__(name.lower())
+
+    def get(self, name, default=None):
+        return super().get(name.lower(), default)
+
+    def __contains__(self, name):
+        return super().__contains__(name.lower()) if isinstance(name, str) else False
+
+
+class Request:
+    """What Truss hands `predict(self, model_input, request)`: the parts of
+    starlette's Request that models read."""
+
+    def __init__(self, worker, rid, meta):
+        self.headers = Headers((k.lower(), v) for k, v in meta.get("headers") or [])
+        self.query_params = dict(urllib.parse.parse_qsl(meta.get("query") or "", keep_blank_values=True))
+        self._worker, self._rid = worker, rid
+
+    async def is_disconnected(self):
+        return self._rid in self._worker.disconnected
+
+
 class LazyDataResolver:
     """Truss's `lazy_data_resolver`: strut reads `data/` as it is, so there is
     nothing to fetch; `block_until_download_complete` returns at once."""
@@ -160,8 +187,11 @@ class Worker:
         concurrency = int((self.config.get("runtime") or {}).get("predict_concurrency") or 1)
         self.pool = ThreadPoolExecutor(max_workers=max(concurrency, 1) + 2, thread_name_prefix="predict")
         self.model = None
+        self.takes_request = False
         self.tasks = {}
         self.credits = {}
+        # Requests whose client went away, while their work still runs.
+        self.disconnected = set()
 
     def setup_path(self):
         root = pathlib.Path(self.model_dir)
@@ -213,11 +243,8 @@ class Worker:
         predict = getattr(self.model, "predict", None)
         if predict is None:
             raise RuntimeError(f"`{class_name}` has no `predict` method")
-        if len(inspect.signature(predict).parameters) > 1:
-            raise RuntimeError(
-                "`predict(self, model_input, request)` is not supported by strut yet: "
-                "take only `model_input`"
-            )
+        # `predict(self, model_input, request)`: Truss passes the request.
+        self.takes_request = len(inspect.signature(predict).parameters) > 1
 
     async def load(self):
         self.build()
@@ -225,6 +252,8 @@ class Worker:
         if load is not None:
             await self.call(load)
         methods = [m for m in ("preprocess", "postprocess", "is_healthy") if hasattr(self.model, m)]
+        if self.takes_request:
+            methods.append("predict_request")
         return methods
 
     async def call(self, fn, *args):
@@ -245,6 +274,7 @@ class Worker:
         if op == "cancel":
             task = self.tasks.get(rid)
             if task is not None:
+                self.disconnected.add(rid)
                 task.cancel()
             return
         if op == "ack":
@@ -253,11 +283,18 @@ class Worker:
                 for _ in range(message.get("n", 1)):
                     credit.release()
             return
-        task = asyncio.ensure_future(self.run(op, rid, message.get("input")))
+        args = [message.get("input")]
+        if op == "predict" and self.takes_request:
+            args.append(Request(self, rid, message.get("request") or {}))
+        task = asyncio.ensure_future(self.run(op, rid, args))
         self.tasks[rid] = task
-        task.add_done_callback(lambda _: self.tasks.pop(rid, None))
+        task.add_done_callback(lambda _: self.forget(rid))
 
-    async def run(self, op, rid, value):
+    def forget(self, rid):
+        self.tasks.pop(rid, None)
+        self.disconnected.discard(rid)
+
+    async def run(self, op, rid, args):
         # The task's own copy of the context: its lines are this request's.
         if op != "health":
             REQUEST.set(rid)
@@ -267,7 +304,7 @@ class Worker:
                 self.channel.send({"id": rid, "ok": bool(healthy)})
                 return
             fn = getattr(self.model, op)
-            result = await self.call(fn, value) if not inspect.isasyncgenfunction(fn) else fn(value)
+            result = await self.call(fn, *args) if not inspect.isasyncgenfunction(fn) else fn(*args)
             if op == "predict" and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
                 await self.stream(rid, result)
             else:

@@ -206,6 +206,37 @@ async fn arrays_and_pydantic_models_are_serialised_as_truss_does() {
 }
 
 #[tokio::test]
+async fn predict_can_take_the_request_with_its_headers_and_query() {
+    let served = serve("request").await;
+    for path in [
+        "/predict?mode=fast&empty=",
+        "/v1/models/model:predict?mode=fast&empty=",
+    ] {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .header("user-agent", "strut-test")
+            .header("X-Tenant", "acme")
+            .body(Body::from(r#"{"x": 1}"#))
+            .unwrap();
+        let response = served.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "input": {"x": 1},
+                "user_agent": "strut-test",
+                "tenant": "acme",
+                "query": {"mode": "fast", "empty": ""},
+                "disconnected": false,
+            }),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_http_exception_keeps_its_status_and_anything_else_is_a_generic_500() {
     let served = serve("errors").await;
     let teapot = post(&served.router, json!({"fail": "teapot"}), None).await;

@@ -86,6 +86,30 @@ pub(crate) fn into_parts(request: Request) -> Result<(RequestId, HeaderMap, Body
     Ok((id, parts.headers, body))
 }
 
+/// The request's headers and query for a model that reads them (see
+/// `LoadedModel::wants_request`); `None` for every other model, which
+/// then copies nothing.
+pub(crate) fn meta_for(
+    deployment: &crate::deployment::Deployment,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<strut_model::RequestMeta> {
+    let model = deployment.model().ok()?;
+    if !model.wants_request() {
+        return None;
+    }
+    let headers = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    Some(strut_model::RequestMeta {
+        headers,
+        query: query.map(str::to_owned),
+    })
+}
+
 /// Links a request's span to the caller's trace, from headers such as W3C
 /// `traceparent`. The server knows no tracing backend, so whoever installs
 /// one (the binary, with its `otel` feature) installs this too.

@@ -25,6 +25,7 @@ pub struct LoadedModel {
     runner: Runner,
     text_generation: Option<Arc<dyn TextGeneration>>,
     embeddings: Option<Arc<dyn Embeddings>>,
+    wants_request: bool,
 }
 
 impl LoadedModel {
@@ -34,11 +35,13 @@ impl LoadedModel {
             ModelInstance::Blocking(model) => Self {
                 text_generation: model.text_generation(),
                 embeddings: model.embeddings(),
+                wants_request: model.wants_request(),
                 runner: Runner::Blocking(Arc::from(model)),
             },
             ModelInstance::Async(model) => Self {
                 text_generation: model.text_generation(),
                 embeddings: model.embeddings(),
+                wants_request: model.wants_request(),
                 runner: Runner::Async(Arc::from(model)),
             },
         }
@@ -50,6 +53,11 @@ impl LoadedModel {
 
     pub fn embeddings(&self) -> Option<&Arc<dyn Embeddings>> {
         self.embeddings.as_ref()
+    }
+
+    /// Whether the model reads the HTTP request (headers, query).
+    pub fn wants_request(&self) -> bool {
+        self.wants_request
     }
 
     pub async fn preprocess(&self, input: Value, ctx: &RequestContext) -> Result<Value, ApiError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use strut_model::capabilities::{Embeddings, TextGeneration};
-use strut_model::{LogSink, RequestContext};
+use strut_model::{LogSink, RequestContext, RequestMeta};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admission::Permit;
@@ -99,6 +99,15 @@ impl Call {
             deadline,
             admit,
         }
+    }
+
+    /// Hands the model the HTTP request's headers and query (a Truss
+    /// `predict(self, model_input, request)`), when there are any.
+    pub(crate) fn with_request(mut self, request: Option<RequestMeta>) -> Call {
+        if let Some(request) = request {
+            self.ctx = self.ctx.with_request(request);
+        }
+        self
     }
 
     /// `work` cut off at the request's deadline.

@@ -78,6 +78,7 @@ async fn model_post(
     Path(rest): Path<String>,
     request: Request,
 ) -> Response {
+    let query = request.uri().query().map(str::to_owned);
     let (id, headers, body) = match request::into_parts(request) {
         Ok(parts) => parts,
         Err(err) => return err.into_response(),
@@ -92,12 +93,13 @@ async fn model_post(
         }
         .into_response();
     }
-    super::kserve::v1::predict(state, id, headers, body).await
+    super::kserve::v1::predict(state, id, headers, query, body).await
 }
 
 /// `POST {target}/predict`: Truss's predict, the body in JSON or msgpack,
 /// a stream as raw chunks, SSE or collected JSON.
 async fn predict(State(state): State<AppState>, target: Target, request: Request) -> Response {
+    let query = request.uri().query().map(str::to_owned);
     let (id, headers, body) = match request::into_parts(request) {
         Ok(parts) => parts,
         Err(err) => return err.into_response(),
@@ -107,9 +109,11 @@ async fn predict(State(state): State<AppState>, target: Target, request: Request
         Err(err) => return err.into_response(),
     };
     let encoding = Encoding::of_request(&headers);
+    let meta = request::meta_for(routed.deployment(), &headers, query.as_deref());
     // Not held through the request: the headers share hyper's read buffer.
     drop(headers);
     pipeline::serve(state, routed, id, encoding, move |call| async move {
+        let call = call.with_request(meta);
         let model = call.model()?;
         let input = read_input(call.state.limits(), encoding.format, body).await?;
         call.predict(&model, input, encoding.mode).await

@@ -23,6 +23,7 @@ pub(in crate::routes) async fn predict(
     state: AppState,
     id: RequestId,
     headers: HeaderMap,
+    query: Option<String>,
     body: Body,
 ) -> Response {
     let encoding = Encoding::of_request(&headers);
@@ -30,8 +31,11 @@ pub(in crate::routes) async fn predict(
         Ok(routed) => routed,
         Err(err) => return err.into_response(),
     };
+    // Truss's own predict path: its models read the request here too.
+    let meta = crate::request::meta_for(routed.deployment(), &headers, query.as_deref());
+    drop(headers);
     pipeline::serve(state, routed, id, encoding, move |call| {
-        run(call, encoding, body)
+        run(call.with_request(meta), encoding, body)
     })
     .await
 }
