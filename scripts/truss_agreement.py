@@ -19,7 +19,8 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 FIXTURES = os.path.join(ROOT, "tests", "truss-fixtures")
 PATH = "/v1/models/model:predict"  # Truss's predict route; strut serves it too
 
-# fixture -> request bodies (JSON); every one is sent to both servers.
+# fixture -> requests: a JSON body for Truss's predict route, or (path, body);
+# every one is sent to both servers.
 CASES = {
     "echo": [{"x": 1}, [1, "two", None, {"three": 3.5}], "text", 42],
     "lifecycle": [{"name": "a"}],
@@ -27,13 +28,18 @@ CASES = {
     "errors": [{"fail": "teapot"}, {"fail": "value"}, {}],
     "outputs": [{"kind": "numpy"}, {"kind": "pydantic"}, {"kind": "tuple"}],
     "request": [{"x": 1}],
+    "openai": [("/v1/chat/completions", {"messages": [{"role": "user", "content": "one two"}]}),
+               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "one two"}], "stream": True}),
+               ("/v1/embeddings", {"input": ["ab", "abc"]}),
+               {"a": 1}],
 }
 # strut's error bodies carry a stable `code` next to Truss's `error`.
 DELIBERATE = {"code"}
 
 
-def request(port, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{PATH}?mode=fast", data=json.dumps(body).encode(),
+def request(port, case):
+    path, body = case if isinstance(case, tuple) else (PATH, case)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}?mode=fast", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json", "User-Agent": "agreement",
                                           "X-Tenant": "acme"}, method="POST")
     try:
@@ -101,7 +107,8 @@ def main():
                 same_body = s_body == t_body
                 ok = same_status and same_body
                 failures += not ok
-                rows.append((fixture, json.dumps(body), f"{s_status}/{t_status}",
+                shown = f"{body[0]} {json.dumps(body[1])}" if isinstance(body, tuple) else json.dumps(body)
+                rows.append((fixture, shown, f"{s_status}/{t_status}",
                              "yes" if same_body else f"no: strut {s_body!r} truss {t_body!r}"))
         finally:
             for p in procs:

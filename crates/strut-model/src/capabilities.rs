@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, RequestContext};
+use crate::{ModelError, Output, RequestContext};
 
 /// What to generate from: raw text, or chat messages that the model renders
 /// with its own chat template.
@@ -152,4 +152,21 @@ pub trait Embeddings: Send + Sync {
         texts: Vec<String>,
         ctx: &RequestContext,
     ) -> Result<EmbedOutput, ModelError>;
+}
+
+/// Routes a model answers itself, from the request body as it came: Truss's
+/// `chat_completions`, `completions` and `embeddings` methods. The protocol
+/// passes the JSON through and sends back what the model returns (a JSON
+/// value, or a stream of chunks the model has framed itself).
+#[async_trait]
+pub trait RawRoutes: Send + Sync {
+    /// Whether the model answers `route` (`chat_completions`, `completions`,
+    /// `embeddings`).
+    fn answers(&self, route: &str) -> bool;
+    async fn call(
+        &self,
+        route: &str,
+        body: serde_json::Value,
+        ctx: &RequestContext,
+    ) -> Result<Output, ModelError>;
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::capabilities::{Embeddings, TextGeneration};
+use crate::capabilities::{Embeddings, RawRoutes, TextGeneration};
 use crate::{ModelError, Output, RequestContext};
 
 /// A model whose methods block: the server calls them on a blocking thread,
@@ -41,6 +41,12 @@ pub trait Model: Send + Sync + 'static {
     }
 
     /// Text generation, if the model offers it. Asked once, after `load`.
+    /// Routes the model answers itself from the raw body (Truss's OpenAI-style
+    /// methods), if any. Asked once, after `load`.
+    fn raw_routes(&self) -> Option<Arc<dyn RawRoutes>> {
+        None
+    }
+
     fn text_generation(&self) -> Option<Arc<dyn TextGeneration>> {
         None
     }
@@ -83,6 +89,12 @@ pub trait AsyncModel: Send + Sync + 'static {
     }
 
     /// Text generation, if the model offers it. Asked once, after `load`.
+    /// Routes the model answers itself from the raw body (Truss's OpenAI-style
+    /// methods), if any. Asked once, after `load`.
+    fn raw_routes(&self) -> Option<Arc<dyn RawRoutes>> {
+        None
+    }
+
     fn text_generation(&self) -> Option<Arc<dyn TextGeneration>> {
         None
     }

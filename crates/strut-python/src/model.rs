@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Value, json};
+use strut_model::capabilities::RawRoutes;
 use strut_model::{AsyncModel, Chunk, InitContext, LogLevel, ModelError, Output, RequestContext};
 use tokio::sync::mpsc;
 
@@ -235,15 +236,20 @@ fn model_error(err: &Value) -> ModelError {
     }
 }
 
-impl PythonModel {
+impl Shared {
     async fn call(
         &self,
         op: &str,
         input: Value,
         ctx: &RequestContext,
     ) -> Result<Reply, ModelError> {
-        let conn = self.shared.conn()?;
-        let http = if op == "predict" { ctx.request() } else { None };
+        let conn = self.conn()?;
+        // The HTTP request for a method that takes it (Truss's `request`).
+        let http = if op != "preprocess" && op != "postprocess" {
+            ctx.request()
+        } else {
+            None
+        };
         let (id, rx) = conn.request(op, Some(&input), http).map_err(|_| {
             ModelError::new(
                 strut_model::ErrorKind::NotReady,
@@ -282,10 +288,53 @@ impl PythonModel {
     }
 
     fn has(&self, method: &str) -> bool {
-        self.shared
-            .conn()
+        self.conn()
             .is_ok_and(|conn| conn.methods.iter().any(|m| m == method))
     }
+}
+
+impl PythonModel {
+    async fn value(
+        &self,
+        op: &str,
+        input: Value,
+        ctx: &RequestContext,
+    ) -> Result<Value, ModelError> {
+        self.shared.value(op, input, ctx).await
+    }
+
+    fn has(&self, method: &str) -> bool {
+        self.shared.has(method)
+    }
+}
+
+/// Truss's OpenAI-style methods (`chat_completions`, `completions`,
+/// `embeddings`), answered from the request body as it came.
+struct Routes(Arc<Shared>);
+
+#[async_trait]
+impl RawRoutes for Routes {
+    fn answers(&self, route: &str) -> bool {
+        OPENAI_METHODS.contains(&route) && self.0.has(route)
+    }
+
+    async fn call(
+        &self,
+        route: &str,
+        body: Value,
+        ctx: &RequestContext,
+    ) -> Result<Output, ModelError> {
+        output(self.0.call(route, body, ctx).await?, ctx)
+    }
+}
+
+const OPENAI_METHODS: [&str; 3] = ["chat_completions", "completions", "embeddings"];
+
+fn output(reply: Reply, ctx: &RequestContext) -> Result<Output, ModelError> {
+    Ok(match reply {
+        Reply::Value(value) => Output::Json(value),
+        Reply::Stream(pending) => Output::from_stream(chunks(pending, ctx.clone())),
+    })
 }
 
 /// A streamed reply as chunks; each chunk taken gives the worker credit
@@ -348,10 +397,7 @@ impl AsyncModel for PythonModel {
     }
 
     async fn predict(&self, input: Value, ctx: &RequestContext) -> Result<Output, ModelError> {
-        match self.call("predict", input, ctx).await? {
-            Reply::Value(value) => Ok(Output::Json(value)),
-            Reply::Stream(pending) => Ok(Output::from_stream(chunks(pending, ctx.clone()))),
-        }
+        output(self.shared.call("predict", input, ctx).await?, ctx)
     }
 
     async fn postprocess(&self, output: Value, ctx: &RequestContext) -> Result<Value, ModelError> {
@@ -362,7 +408,14 @@ impl AsyncModel for PythonModel {
     }
 
     fn wants_request(&self) -> bool {
-        self.has("predict_request")
+        self.has("wants_request")
+    }
+
+    fn raw_routes(&self) -> Option<Arc<dyn RawRoutes>> {
+        OPENAI_METHODS
+            .iter()
+            .any(|m| self.has(m))
+            .then(|| Arc::new(Routes(self.shared.clone())) as Arc<dyn RawRoutes>)
     }
 
     async fn is_healthy(&self) -> bool {

@@ -34,6 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 # The request whose work is running here, for log capture: asyncio tasks
 # inherit it, executor threads get it through a copied context.
 REQUEST = contextvars.ContextVar("strut_request", default=None)
+# Truss's OpenAI-style methods: the server passes the request body through.
+OPENAI_METHODS = ("chat_completions", "completions", "embeddings")
+# What the server may ask for besides `health`.
+SERVED = {"preprocess", "predict", "postprocess", "health"} | set(OPENAI_METHODS)
 # Chunks a stream may run ahead of the server before it waits for credit.
 STREAM_WINDOW = 16
 
@@ -187,7 +191,7 @@ class Worker:
         concurrency = int((self.config.get("runtime") or {}).get("predict_concurrency") or 1)
         self.pool = ThreadPoolExecutor(max_workers=max(concurrency, 1) + 2, thread_name_prefix="predict")
         self.model = None
-        self.takes_request = False
+        self.takes_request = set()
         self.tasks = {}
         self.credits = {}
         # Requests whose client went away, while their work still runs.
@@ -243,17 +247,22 @@ class Worker:
         predict = getattr(self.model, "predict", None)
         if predict is None:
             raise RuntimeError(f"`{class_name}` has no `predict` method")
-        # `predict(self, model_input, request)`: Truss passes the request.
-        self.takes_request = len(inspect.signature(predict).parameters) > 1
+        # `predict(self, model_input, request)` (and the OpenAI-style
+        # methods alike): Truss passes the request.
+        self.takes_request = {
+            name
+            for name in ("predict",) + OPENAI_METHODS
+            if hasattr(self.model, name) and len(inspect.signature(getattr(self.model, name)).parameters) > 1
+        }
 
     async def load(self):
         self.build()
         load = getattr(self.model, "load", None)
         if load is not None:
             await self.call(load)
-        methods = [m for m in ("preprocess", "postprocess", "is_healthy") if hasattr(self.model, m)]
+        methods = [m for m in ("preprocess", "postprocess", "is_healthy") + OPENAI_METHODS if hasattr(self.model, m)]
         if self.takes_request:
-            methods.append("predict_request")
+            methods.append("wants_request")
         return methods
 
     async def call(self, fn, *args):
@@ -283,8 +292,11 @@ class Worker:
                 for _ in range(message.get("n", 1)):
                     credit.release()
             return
+        if op not in SERVED:
+            self.channel.send({"id": rid, "err": {"status": 404, "message": f"`{op}` is not served"}})
+            return
         args = [message.get("input")]
-        if op == "predict" and self.takes_request:
+        if op in self.takes_request:
             args.append(Request(self, rid, message.get("request") or {}))
         task = asyncio.ensure_future(self.run(op, rid, args))
         self.tasks[rid] = task
@@ -305,7 +317,7 @@ class Worker:
                 return
             fn = getattr(self.model, op)
             result = await self.call(fn, *args) if not inspect.isasyncgenfunction(fn) else fn(*args)
-            if op == "predict" and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+            if op in ("predict",) + OPENAI_METHODS and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
                 await self.stream(rid, result)
             else:
                 self.channel.send({"id": rid, "ok": result})

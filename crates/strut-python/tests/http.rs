@@ -236,6 +236,87 @@ async fn predict_can_take_the_request_with_its_headers_and_query() {
     }
 }
 
+async fn post_to(router: &axum::Router, path: &str, body: Value) -> (StatusCode, String, String) {
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .header("x-tenant", "acme")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_openai_routes_reach_the_models_own_methods_with_the_body_as_sent() {
+    let served = serve("openai").await;
+    let chat = json!({"model": "mine", "messages": [{"role": "user", "content": "one two three"}]});
+    for prefix in ["", "/production/sync", "/environments/production/sync"] {
+        let (status, _, text) = post_to(
+            &served.router,
+            &format!("{prefix}/v1/chat/completions"),
+            chat.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{prefix}: {text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            doc["choices"][0]["message"]["content"], "three two one",
+            "{prefix}"
+        );
+        assert_eq!(doc["model"], "mine");
+        assert_eq!(
+            doc["tenant"], "acme",
+            "the method's `request` has the headers"
+        );
+    }
+    // A streaming method's frames go out as the model wrote them.
+    let mut stream = chat.clone();
+    stream["stream"] = json!(true);
+    let (status, content_type, text) =
+        post_to(&served.router, "/v1/chat/completions", stream).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(content_type, "text/event-stream");
+    assert_eq!(
+        text,
+        concat!(
+            "data: {\"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"three\"}}]}\n\n",
+            "data: {\"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"two\"}}]}\n\n",
+            "data: {\"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"one\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        )
+    );
+    let (status, _, text) = post_to(
+        &served.router,
+        "/v1/embeddings",
+        json!({"input": ["ab", "abc"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["data"][1]["embedding"], json!([3.0, 1.0]));
+    // No `completions` method, and no text generation: 404 naming it.
+    let (status, _, text) =
+        post_to(&served.router, "/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("completions"), "{text}");
+    // predict is still predict.
+    assert_eq!(
+        post(&served.router, json!({"a": 1}), None).await.json(),
+        json!({"predict": {"a": 1}})
+    );
+}
+
 #[tokio::test]
 async fn an_http_exception_keeps_its_status_and_anything_else_is_a_generic_500() {
     let served = serve("errors").await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
-use strut_model::capabilities::{Embeddings, TextGeneration};
+use strut_model::capabilities::{Embeddings, RawRoutes, TextGeneration};
 use strut_model::{AsyncModel, Model, ModelError, ModelInstance, Output, RequestContext};
 use tracing::Span;
 
@@ -25,6 +25,7 @@ pub struct LoadedModel {
     runner: Runner,
     text_generation: Option<Arc<dyn TextGeneration>>,
     embeddings: Option<Arc<dyn Embeddings>>,
+    raw_routes: Option<Arc<dyn RawRoutes>>,
     wants_request: bool,
 }
 
@@ -35,12 +36,14 @@ impl LoadedModel {
             ModelInstance::Blocking(model) => Self {
                 text_generation: model.text_generation(),
                 embeddings: model.embeddings(),
+                raw_routes: model.raw_routes(),
                 wants_request: model.wants_request(),
                 runner: Runner::Blocking(Arc::from(model)),
             },
             ModelInstance::Async(model) => Self {
                 text_generation: model.text_generation(),
                 embeddings: model.embeddings(),
+                raw_routes: model.raw_routes(),
                 wants_request: model.wants_request(),
                 runner: Runner::Async(Arc::from(model)),
             },
@@ -53,6 +56,11 @@ impl LoadedModel {
 
     pub fn embeddings(&self) -> Option<&Arc<dyn Embeddings>> {
         self.embeddings.as_ref()
+    }
+
+    /// The routes the model answers itself from the raw body, if any.
+    pub fn raw_routes(&self) -> Option<&Arc<dyn RawRoutes>> {
+        self.raw_routes.as_ref()
     }
 
     /// Whether the model reads the HTTP request (headers, query).

@@ -3,7 +3,8 @@
 //! `x-accel-buffering: no`) and keep-alive comments while a stream is idle,
 //! so proxies neither buffer nor time out a slow generation.
 
-use axum::http::HeaderValue;
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -25,6 +26,23 @@ pub(crate) fn response(events: EventStream) -> Response {
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Events a model framed itself (`data: ...\n\n`), passed through byte for
+/// byte with the same headers. No keep-alive comments: a chunk need not end
+/// on an event boundary, so nothing may be put between two.
+pub(crate) fn framed(stream: ByteStream) -> Response {
+    let body =
+        Body::from_stream(stream.map(|item| item.map_err(|err| std::io::Error::other(err.code()))));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 

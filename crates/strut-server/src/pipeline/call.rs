@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use strut_model::capabilities::{Embeddings, TextGeneration};
+use strut_model::capabilities::{Embeddings, RawRoutes, TextGeneration};
 use strut_model::{LogSink, RequestContext, RequestMeta};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -146,6 +146,17 @@ impl Call {
             .embeddings()
             .cloned()
             .ok_or_else(|| self.unsupported("embeddings"))
+    }
+
+    /// The model's own answer to `route` from the raw body (Truss's
+    /// `chat_completions`, ...), when it has one: it takes precedence over
+    /// the protocol's adapter.
+    pub(crate) fn raw_route(&self, route: &str) -> Result<Option<Arc<dyn RawRoutes>>, ApiError> {
+        Ok(self
+            .model()?
+            .raw_routes()
+            .filter(|routes| routes.answers(route))
+            .cloned())
     }
 
     fn unsupported(&self, capability: &'static str) -> ApiError {

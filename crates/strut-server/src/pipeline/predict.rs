@@ -2,13 +2,16 @@
 //! postprocess after it is released; a streamed output holds the slot until
 //! its last chunk.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use strut_model::Output;
+use strut_model::capabilities::RawRoutes;
 
 use super::{Call, Reply};
 use crate::ApiError;
 use crate::codec::StreamMode;
-use crate::runner::LoadedModel;
+use crate::runner::{LoadedModel, guarded};
 use crate::streaming;
 
 impl Call {
@@ -51,6 +54,30 @@ impl Call {
                 } else {
                     Ok(Reply::Stream(stream))
                 }
+            }
+        }
+    }
+}
+
+impl Call {
+    /// A route the model answers itself: the body goes through as it came,
+    /// and a stream comes back as the model framed it. As in Truss these
+    /// take no model slot and no pre/postprocess: the model's own engine
+    /// schedules them.
+    pub(crate) async fn raw(
+        &self,
+        routes: Arc<dyn RawRoutes>,
+        route: &str,
+        body: Value,
+    ) -> Result<Reply, ApiError> {
+        let started = std::time::Instant::now();
+        let output = guarded(routes.call(route, body, &self.ctx)).await;
+        self.observe_inference(started);
+        match output? {
+            Output::Json(value) => Ok(Reply::Json(value)),
+            Output::Stream(chunks) => {
+                let gap = self.deployment.spec().stream_read_timeout;
+                Ok(Reply::Framed(streaming::byte_stream(chunks, gap)))
             }
         }
     }

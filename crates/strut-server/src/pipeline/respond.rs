@@ -31,6 +31,8 @@ pub(crate) enum Reply {
     Stream(ByteStream),
     /// Server-sent events already in the protocol's shape.
     Events(EventStream),
+    /// Server-sent events the model framed itself, passed through as bytes.
+    Framed(ByteStream),
     /// A stream collected into one string, for clients that asked for JSON.
     Collected(String),
 }
@@ -58,7 +60,9 @@ impl Reply {
                     .map(|bytes| streaming::text(bytes.to_vec()).map(Value::String))
                     .collect::<Result<_, _>>()?,
             )),
-            Reply::Stream(stream) => streaming::collect(stream).await.map(Value::String),
+            Reply::Stream(stream) | Reply::Framed(stream) => {
+                streaming::collect(stream).await.map(Value::String)
+            }
             Reply::Events(_) => Err(ApiError::Internal(
                 "server-sent events cannot be stored".into(),
             )),
@@ -149,6 +153,7 @@ where
                         _ => streaming::octet_response(stream),
                     }
                 }
+                Reply::Framed(stream) => sse::framed(streaming::hold_while_streaming(stream, held)),
                 Reply::Events(events) => sse::response(
                     events
                         .map(move |event| {

@@ -18,6 +18,10 @@ enum Encoding {
 }
 
 pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
+    // A model that answers the route itself (Truss's method) gets the body.
+    if let Some(routes) = call.raw_route("embeddings")? {
+        return call.raw(routes, "embeddings", body).await;
+    }
     let embedder = call.embeddings()?;
     let mut fields = Fields::new(body)?;
     let texts = take_input(&mut fields)?;

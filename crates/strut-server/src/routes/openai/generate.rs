@@ -66,7 +66,12 @@ pub(super) async fn run(
     body: Value,
     endpoint: &'static dyn Endpoint,
 ) -> Result<Reply, ApiError> {
-    let generator = call.text_generation(endpoint.names().capability)?;
+    let capability = endpoint.names().capability;
+    // A model that answers the route itself (Truss's method) gets the body.
+    if let Some(routes) = call.raw_route(capability)? {
+        return call.raw(routes, capability, body).await;
+    }
+    let generator = call.text_generation(capability)?;
     let mut fields = Fields::new(body)?;
     let prompt = endpoint.take_prompt(&mut fields)?;
     let Options {

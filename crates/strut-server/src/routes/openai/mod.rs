@@ -17,7 +17,7 @@ mod sse;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::Value;
@@ -51,12 +51,19 @@ async fn chat_completions(
     State(state): State<AppState>,
     target: Result<Target, ApiError>,
     id: RequestId,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(state, target, id, &headers, body, |call, body| {
-        generate::run(call, body, &chat::Chat)
-    })
+    serve(
+        state,
+        target,
+        id,
+        &headers,
+        uri.query(),
+        body,
+        |call, body| generate::run(call, body, &chat::Chat),
+    )
     .await
 }
 
@@ -64,12 +71,19 @@ async fn completions(
     State(state): State<AppState>,
     target: Result<Target, ApiError>,
     id: RequestId,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(state, target, id, &headers, body, |call, body| {
-        generate::run(call, body, &completions::Completions)
-    })
+    serve(
+        state,
+        target,
+        id,
+        &headers,
+        uri.query(),
+        body,
+        |call, body| generate::run(call, body, &completions::Completions),
+    )
     .await
 }
 
@@ -77,10 +91,20 @@ async fn embeddings(
     State(state): State<AppState>,
     target: Result<Target, ApiError>,
     id: RequestId,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve(state, target, id, &headers, body, embeddings::run).await
+    serve(
+        state,
+        target,
+        id,
+        &headers,
+        uri.query(),
+        body,
+        embeddings::run,
+    )
+    .await
 }
 
 /// Every OpenAI POST: routed to its target, its JSON body decoded, the work
@@ -90,6 +114,7 @@ async fn serve<F, Fut>(
     target: Result<Target, ApiError>,
     id: RequestId,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: Body,
     work: F,
 ) -> Response
@@ -101,7 +126,10 @@ where
         Ok(routed) => routed,
         Err(err) => return error::response(err),
     };
+    // A model's own method may read the request (Truss's `request`).
+    let meta = crate::request::meta_for(routed.deployment(), headers, query);
     pipeline::serve(state, routed, id, OPENAI, move |call| async move {
+        let call = call.with_request(meta);
         let input = read_input(call.state.limits(), BodyFormat::Json, body).await?;
         work(call, input).await
     })
