@@ -54,6 +54,8 @@ pub(crate) enum StartError {
     Timeout(Duration),
     /// The process could not be started or died while loading.
     Process(String),
+    /// `--install-requirements` could not make the model's environment.
+    Install(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -62,6 +64,7 @@ impl std::fmt::Display for StartError {
             StartError::Load(e) => write!(f, "the model failed to load: {e}"),
             StartError::Timeout(t) => write!(f, "load did not finish within {} s", t.as_secs()),
             StartError::Process(e) => write!(f, "the Python worker {e}"),
+            StartError::Install(e) => write!(f, "installing the model's requirements: {e}"),
         }
     }
 }

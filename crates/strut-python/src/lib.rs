@@ -11,6 +11,7 @@
 
 mod conn;
 mod model;
+mod venv;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct PythonSettings {
     pub python: PathBuf,
     /// How long a worker may take to import the model and run `load`.
     pub load_timeout: Duration,
+    /// With `--install-requirements`: where the models' environments are
+    /// made (one per set of requirements), each from `python`.
+    pub venvs: Option<PathBuf>,
 }
 
 impl Default for PythonSettings {
@@ -35,6 +39,7 @@ impl Default for PythonSettings {
             python: PathBuf::from("python3"),
             // Truss's own limit for `load`.
             load_timeout: Duration::from_secs(30 * 60),
+            venvs: None,
         }
     }
 }

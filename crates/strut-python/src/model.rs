@@ -34,6 +34,8 @@ struct Shared {
     state: RwLock<State>,
     child: Mutex<Option<Child>>,
     stopping: AtomicBool,
+    /// The model's environment's interpreter, once made.
+    venv: std::sync::OnceLock<PathBuf>,
 }
 
 enum State {
@@ -77,6 +79,7 @@ impl PythonModel {
                 state: RwLock::new(State::Down("not loaded yet".into())),
                 child: Mutex::new(None),
                 stopping: AtomicBool::new(false),
+                venv: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -92,8 +95,9 @@ impl Drop for PythonModel {
 impl Shared {
     fn start(&self) -> Result<Arc<Conn>, StartError> {
         conn::kill(&self.child);
+        let python = self.python()?;
         let launch = Launch {
-            python: &self.settings.python,
+            python: &python,
             script: &self.script,
             socket_dir: self.dir.path(),
             init: &self.init,
@@ -103,6 +107,25 @@ impl Shared {
         let started = Conn::start(&launch, &self.child)?;
         *self.state.write().expect("state lock") = State::Up(started.clone());
         Ok(started)
+    }
+
+    /// The interpreter: `--python`, or with `--install-requirements` the
+    /// model's own environment (made once, then reused by every restart).
+    fn python(&self) -> Result<PathBuf, StartError> {
+        let Some(venvs) = &self.settings.venvs else {
+            return Ok(self.settings.python.clone());
+        };
+        if let Some(python) = self.venv.get() {
+            return Ok(python.clone());
+        }
+        let python = crate::venv::ensure(
+            &self.settings.python,
+            venvs,
+            &self.init["config"],
+            &self.model_dir,
+        )
+        .map_err(StartError::Install)?;
+        Ok(self.venv.get_or_init(|| python).clone())
     }
 
     fn conn(&self) -> Result<Arc<Conn>, ModelError> {

@@ -458,3 +458,37 @@ async fn a_python_version_the_interpreter_does_not_satisfy_is_a_clear_load_error
     assert!(err.contains(&format!("is Python 3.{minor}")), "{err}");
     assert!(!err.contains("Traceback"), "{err}");
 }
+
+#[tokio::test]
+async fn install_requirements_makes_the_models_environment_once_and_reuses_it() {
+    let venvs = tempfile::tempdir().unwrap();
+    let settings = || PythonSettings {
+        venvs: Some(venvs.path().to_owned()),
+        ..PythonSettings::default()
+    };
+    let first = deploy("requirements", settings());
+    first.deployment.loaded().await.expect("installs and loads");
+    let reply = post(&first.router, json!({}), None).await.json();
+    assert_eq!(reply["six"], "1.16.0", "{reply}");
+    let prefix = reply["prefix"].as_str().unwrap().to_owned();
+    assert!(
+        prefix.starts_with(&venvs.path().display().to_string()),
+        "{prefix}"
+    );
+    let made: Vec<_> = std::fs::read_dir(venvs.path()).unwrap().collect();
+    assert_eq!(made.len(), 1, "one environment");
+    // A second deployment of the same requirements reuses it.
+    let second = deploy("requirements", settings());
+    let started = Instant::now();
+    second.deployment.loaded().await.expect("loads");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        post(&second.router, json!({}), None).await.json()["prefix"],
+        prefix.as_str()
+    );
+    assert_eq!(std::fs::read_dir(venvs.path()).unwrap().count(), 1);
+}

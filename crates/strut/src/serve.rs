@@ -32,6 +32,11 @@ pub struct ServeArgs {
     /// limit is 30 minutes).
     #[arg(long, env = "STRUT_LOAD_TIMEOUT", default_value_t = 1800)]
     pub load_timeout: u64,
+    /// Install a Python model's `requirements` (and `requirements_file`)
+    /// with pip into an environment of its own under the data directory,
+    /// made from `--python` once per set of requirements and reused.
+    #[arg(long, env = "STRUT_INSTALL_REQUIREMENTS")]
+    pub install_requirements: bool,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -54,15 +59,6 @@ pub fn run(args: ServeArgs, registry: Registry) -> ExitCode {
 
 async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
     let settings = &args.settings;
-    // A class that is not compiled in is served from the directory's own
-    // model.py, when it has one.
-    strut_python::register(
-        &mut registry,
-        PythonSettings {
-            python: args.python.clone(),
-            load_timeout: Duration::from_secs(args.load_timeout),
-        },
-    );
     let key_file = settings.admin_api_key_file();
     let api_keys =
         ApiKeys::from_file(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
@@ -88,6 +84,16 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
             (tmp.path().to_owned(), Some(tmp))
         }
     };
+    // A class that is not compiled in is served from the directory's own
+    // model.py, when it has one.
+    strut_python::register(
+        &mut registry,
+        PythonSettings {
+            python: args.python.clone(),
+            load_timeout: Duration::from_secs(args.load_timeout),
+            venvs: args.install_requirements.then(|| data_dir.join("venvs")),
+        },
+    );
     let async_settings = settings.async_settings()?;
     let queue_path = Settings::queue_path(&data_dir);
     let control = ControlSettings {
