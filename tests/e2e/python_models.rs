@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::client;
-use crate::common::process::StrutProcess;
+use crate::common::process::{StrutProcess, strut};
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,6 +117,72 @@ async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
         "{kserve}"
     );
 
+    server.sigterm();
+    let (exit, logs) = server.wait(Duration::from_secs(20));
+    assert!(exit.success(), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pushed_truss_directory_brings_its_model_py_along() {
+    let (data, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(
+        secrets.path().join("strut_admin_api_key"),
+        "alice:cli-secret\n",
+    )
+    .unwrap();
+    let (data_dir, secrets_dir) = (
+        data.path().display().to_string(),
+        secrets.path().display().to_string(),
+    );
+    let server = StrutProcess::serve(
+        &[
+            &fixture("echo"),
+            "--data-dir",
+            &data_dir,
+            "--secrets-dir",
+            &secrets_dir,
+        ],
+        &[],
+    );
+    wait_ready(&server.url).await;
+    let pushed = strut()
+        .args([
+            "push",
+            &fixture("streaming"),
+            "--env",
+            "development",
+            "--url",
+            &server.url,
+        ])
+        .env("STRUT_API_KEY", "cli-secret")
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    // The snapshot has model/model.py: development streams, production echoes.
+    let streamed = client()
+        .post(format!("{}/development/predict", server.url))
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(streamed, "part0;part1;");
+    let echoed: Value = client()
+        .post(format!("{}/production/predict", server.url))
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed, json!({"n": 2}));
     server.sigterm();
     let (exit, logs) = server.wait(Duration::from_secs(20));
     assert!(exit.success(), "{logs}");
