@@ -1,5 +1,10 @@
 import json
 
+try:
+    from starlette.requests import Request
+except ImportError:  # strut's worker passes its own request object: no starlette needed
+    Request = object
+
 
 class Model:
     """An engine that speaks OpenAI's API itself, as Truss models wrapping
@@ -8,7 +13,7 @@ class Model:
     def predict(self, model_input):
         return {"predict": model_input}
 
-    async def chat_completions(self, model_input, request):
+    async def chat_completions(self, model_input, request: Request):
         words = model_input["messages"][-1]["content"].split()
         if not model_input.get("stream"):
             return {
