@@ -30,6 +30,12 @@ async fn wait_ready(url: &str) {
     }
 }
 
+/// POSTs JSON and reads the JSON reply.
+async fn post(url: String, body: Value) -> Value {
+    let response = client().post(url).json(&body).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
     let secrets = tempfile::tempdir().unwrap();
@@ -38,39 +44,25 @@ async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
     let server = StrutProcess::serve(&[&fixture("lifecycle"), "--secrets-dir", &secrets_dir], &[]);
     wait_ready(&server.url).await;
 
-    let reply: Value = client()
-        .post(format!("{}/predict", server.url))
-        .json(&json!({"name": "cli"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply: Value = post(format!("{}/predict", server.url), json!({"name": "cli"})).await;
     assert_eq!(reply["output"]["message"], "hello, cli", "{reply}");
     assert_eq!(reply["postprocessed"], true);
 
     // The async queue runs the same model; what it prints is in the status.
-    let submitted: Value = client()
-        .post(format!("{}/async_predict", server.url))
-        .json(&json!({"model_input": {"name": "queued"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let submitted: Value = post(
+        format!("{}/async_predict", server.url),
+        json!({"model_input": {"name": "queued"}}),
+    )
+    .await;
     let id = submitted["request_id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        let status: Value = client()
+        let response = client()
             .get(format!("{}/async_request/{id}", server.url))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        let status: Value = response.json().await.unwrap();
         if status["status"] == "SUCCEEDED" || status["status"] == "FAILED" {
             break status;
         }
@@ -88,30 +80,22 @@ async fn strut_serve_runs_a_truss_model_py_through_sync_and_async_apis() {
     assert!(logs.contains(&"predicting for queued"), "{logs:?}");
 
     // Cog's predictions API and KServe V1 reach the same model.py.
-    let cog: Value = client()
-        .post(format!("{}/predictions", server.url))
-        .json(&json!({"input": {"name": "cog"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cog: Value = post(
+        format!("{}/predictions", server.url),
+        json!({"input": {"name": "cog"}}),
+    )
+    .await;
     assert_eq!(cog["status"], "succeeded", "{cog}");
     assert_eq!(cog["output"]["output"]["message"], "hello, cog");
     assert!(
         cog["logs"].as_str().unwrap().contains("predicting for cog"),
         "{cog}"
     );
-    let kserve: Value = client()
-        .post(format!("{}/v1/models/model:predict", server.url))
-        .json(&json!({"instances": [{"name": "one"}, {"name": "two"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kserve: Value = post(
+        format!("{}/v1/models/model:predict", server.url),
+        json!({"instances": [{"name": "one"}, {"name": "two"}]}),
+    )
+    .await;
     assert_eq!(
         kserve["predictions"][1]["output"]["message"], "hello, two",
         "{kserve}"
@@ -173,15 +157,11 @@ async fn a_pushed_truss_directory_brings_its_model_py_along() {
         .await
         .unwrap();
     assert_eq!(streamed, "part0;part1;");
-    let echoed: Value = client()
-        .post(format!("{}/production/predict", server.url))
-        .json(&json!({"n": 2}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echoed: Value = post(
+        format!("{}/production/predict", server.url),
+        json!({"n": 2}),
+    )
+    .await;
     assert_eq!(echoed, json!({"n": 2}));
     server.sigterm();
     let (exit, logs) = server.wait(Duration::from_secs(20));

@@ -316,21 +316,6 @@ impl Shared {
     }
 }
 
-impl PythonModel {
-    async fn value(
-        &self,
-        op: &str,
-        input: Value,
-        ctx: &RequestContext,
-    ) -> Result<Value, ModelError> {
-        self.shared.value(op, input, ctx).await
-    }
-
-    fn has(&self, method: &str) -> bool {
-        self.shared.has(method)
-    }
-}
-
 /// Truss's OpenAI-style methods (`chat_completions`, `completions`,
 /// `embeddings`), answered from the request body as it came.
 struct Routes(Arc<Shared>);
@@ -413,10 +398,10 @@ impl AsyncModel for PythonModel {
     }
 
     async fn preprocess(&self, input: Value, ctx: &RequestContext) -> Result<Value, ModelError> {
-        if !self.has("preprocess") {
+        if !self.shared.has("preprocess") {
             return Ok(input);
         }
-        self.value("preprocess", input, ctx).await
+        self.shared.value("preprocess", input, ctx).await
     }
 
     async fn predict(&self, input: Value, ctx: &RequestContext) -> Result<Output, ModelError> {
@@ -424,20 +409,20 @@ impl AsyncModel for PythonModel {
     }
 
     async fn postprocess(&self, output: Value, ctx: &RequestContext) -> Result<Value, ModelError> {
-        if !self.has("postprocess") {
+        if !self.shared.has("postprocess") {
             return Ok(output);
         }
-        self.value("postprocess", output, ctx).await
+        self.shared.value("postprocess", output, ctx).await
     }
 
     fn wants_request(&self) -> bool {
-        self.has("wants_request")
+        self.shared.has("wants_request")
     }
 
     fn raw_routes(&self) -> Option<Arc<dyn RawRoutes>> {
         OPENAI_METHODS
             .iter()
-            .any(|m| self.has(m))
+            .any(|m| self.shared.has(m))
             .then(|| Arc::new(Routes(self.shared.clone())) as Arc<dyn RawRoutes>)
     }
 
@@ -450,7 +435,7 @@ impl AsyncModel for PythonModel {
         }
         let ctx = RequestContext::detached("health");
         matches!(
-            self.value("health", Value::Null, &ctx).await,
+            self.shared.value("health", Value::Null, &ctx).await,
             Ok(Value::Bool(true))
         )
     }
