@@ -28,6 +28,7 @@ CASES = {
     "errors": [{"fail": "teapot"}, {"fail": "value"}, {}],
     "outputs": [{"kind": "numpy"}, {"kind": "pydantic"}, {"kind": "tuple"}],
     "request": [{"x": 1}],
+    "response": [{"kind": "plain"}, {"kind": "gone"}, {"kind": "stream"}],
     "openai": [("/v1/chat/completions", {"messages": [{"role": "user", "content": "one two"}]}),
                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "one two"}], "stream": True}),
                ("/v1/embeddings", {"input": ["ab", "abc"]}),

@@ -24,7 +24,7 @@ pub use context::{LogLevel, LogSink, RequestContext, RequestLogger, RequestMeta}
 pub use error::{ErrorKind, ModelError};
 pub use init::{Environment, InitContext, Secrets};
 pub use model::{AsyncModel, Model, ModelInstance};
-pub use output::{Chunk, ChunkIter, ChunkStream, Output};
+pub use output::{Chunk, ChunkIter, ChunkStream, Output, Response, ResponseBody};
 pub use registry::{Registry, RegistryError};
 pub use telemetry::{GenerationStats, Telemetry, TelemetrySink};
 pub use tokio_util::sync::CancellationToken;

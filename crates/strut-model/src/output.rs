@@ -66,10 +66,30 @@ impl fmt::Debug for ChunkStream {
 }
 
 /// What `predict` returns: a JSON value, or a stream of chunks. A client that
-/// asks for JSON gets a stream collected into one value by the server.
+/// asks for JSON gets a stream collected into one value by the server. A
+/// model may also choose the status and headers itself ([`Response`], as a
+/// Truss model returns a starlette `Response`).
 #[derive(Debug)]
 pub enum Output {
     Json(Value),
+    Stream(ChunkStream),
+    Response(Response),
+}
+
+/// A reply whose status, headers and body the model chose. The server adds
+/// its own headers (request id, deployment) and drops hop-by-hop ones.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// In order, repeated names allowed.
+    pub headers: Vec<(String, String)>,
+    pub body: ResponseBody,
+}
+
+#[derive(Debug)]
+pub enum ResponseBody {
+    Bytes(Bytes),
+    /// Streamed as it comes (a starlette `StreamingResponse`).
     Stream(ChunkStream),
 }
 

@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::{Value, json};
 use strut_model::capabilities::RawRoutes;
-use strut_model::{AsyncModel, Chunk, InitContext, LogLevel, ModelError, Output, RequestContext};
+use strut_model::{
+    AsyncModel, Chunk, ChunkStream, InitContext, LogLevel, ModelError, Output, RequestContext,
+    Response, ResponseBody,
+};
 use tokio::sync::mpsc;
 
 use crate::PythonSettings;
@@ -186,7 +189,31 @@ impl Shared {
 /// A request's reply, once its head has come.
 enum Reply {
     Value(Value),
-    Stream(Pending),
+    /// A stream, with the status and headers of a `StreamingResponse`.
+    Stream(Pending, Option<Head>),
+    /// A starlette `Response`: the model's status, headers and body.
+    Response(Head, Vec<u8>),
+}
+
+/// The status and headers a model chose.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn of(value: &Value) -> Head {
+        let headers = value["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|pair| Some((pair[0].as_str()?.to_owned(), pair[1].as_str()?.to_owned())))
+            .collect();
+        Head {
+            status: value["status"].as_u64().unwrap_or(200) as u16,
+            headers,
+        }
+    }
 }
 
 /// A request the worker is still answering. Dropping it before the end
@@ -290,9 +317,16 @@ impl Shared {
             () = ctx.cancelled() => return Err(ModelError::cancelled()),
         };
         if frame.get("stream").and_then(Value::as_bool) == Some(true) {
-            return Ok(Reply::Stream(pending));
+            let head = frame.get("response").map(Head::of);
+            return Ok(Reply::Stream(pending, head));
         }
         pending.done = true;
+        if let Some(response) = frame.get("response") {
+            let body = BASE64_STANDARD
+                .decode(response["body_b64"].as_str().unwrap_or(""))
+                .map_err(|e| ModelError::internal(format!("a response body: {e}")))?;
+            return Ok(Reply::Response(Head::of(response), body));
+        }
         Ok(Reply::Value(
             frame.get("ok").cloned().unwrap_or(Value::Null),
         ))
@@ -306,7 +340,9 @@ impl Shared {
     ) -> Result<Value, ModelError> {
         match self.call(op, input, ctx).await? {
             Reply::Value(value) => Ok(value),
-            Reply::Stream(_) => Err(ModelError::internal(format!("`{op}` returned a generator"))),
+            _ => Err(ModelError::internal(format!(
+                "`{op}` returned a generator or a Response"
+            ))),
         }
     }
 
@@ -341,7 +377,17 @@ const OPENAI_METHODS: [&str; 3] = ["chat_completions", "completions", "embedding
 fn output(reply: Reply, ctx: &RequestContext) -> Result<Output, ModelError> {
     Ok(match reply {
         Reply::Value(value) => Output::Json(value),
-        Reply::Stream(pending) => Output::from_stream(chunks(pending, ctx.clone())),
+        Reply::Stream(pending, None) => Output::from_stream(chunks(pending, ctx.clone())),
+        Reply::Stream(pending, Some(head)) => Output::Response(Response {
+            status: head.status,
+            headers: head.headers,
+            body: ResponseBody::Stream(ChunkStream::Async(Box::pin(chunks(pending, ctx.clone())))),
+        }),
+        Reply::Response(head, body) => Output::Response(Response {
+            status: head.status,
+            headers: head.headers,
+            body: ResponseBody::Bytes(body.into()),
+        }),
     })
 }
 

@@ -173,6 +173,17 @@ class Request:
         return self._rid in self._worker.disconnected
 
 
+def is_response(value):
+    """A starlette `Response` (or `StreamingResponse`), by its shape."""
+    return hasattr(value, "status_code") and hasattr(value, "raw_headers") and (
+        hasattr(value, "body") or hasattr(value, "body_iterator")
+    )
+
+
+def response_headers(response):
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in response.raw_headers]
+
+
 class LazyDataResolver:
     """Truss's `lazy_data_resolver`: strut reads `data/` as it is, so there is
     nothing to fetch; `block_until_download_complete` returns at once."""
@@ -319,6 +330,13 @@ class Worker:
             result = await self.call(fn, *args) if not inspect.isasyncgenfunction(fn) else fn(*args)
             if op in ("predict",) + OPENAI_METHODS and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
                 await self.stream(rid, result)
+            elif op in ("predict",) + OPENAI_METHODS and is_response(result):
+                head = {"status": result.status_code, "headers": response_headers(result)}
+                if hasattr(result, "body_iterator"):
+                    await self.stream(rid, result.body_iterator, head)
+                else:
+                    body = base64.b64encode(bytes(result.body)).decode()
+                    self.channel.send({"id": rid, "response": {**head, "body_b64": body}})
             else:
                 self.channel.send({"id": rid, "ok": result})
         except asyncio.CancelledError:
@@ -331,10 +349,10 @@ class Worker:
                 if isinstance(stream, RequestLog):
                     stream.flush_request(rid)
 
-    async def stream(self, rid, gen):
+    async def stream(self, rid, gen, head=None):
         credit = asyncio.Semaphore(STREAM_WINDOW)
         self.credits[rid] = credit
-        self.channel.send({"id": rid, "stream": True})
+        self.channel.send({"id": rid, "stream": True, **({"response": head} if head else {})})
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         done = object()

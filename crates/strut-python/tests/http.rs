@@ -318,6 +318,53 @@ async fn the_openai_routes_reach_the_models_own_methods_with_the_body_as_sent() 
 }
 
 #[tokio::test]
+async fn a_returned_response_keeps_its_status_headers_and_body() {
+    let served = serve("response").await;
+    let respond = |kind: &str| {
+        Request::post("/predict")
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"kind": kind}).to_string()))
+            .unwrap()
+    };
+    let response = served
+        .router
+        .clone()
+        .oneshot(respond("plain"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-model"], "response");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(response.headers().contains_key("x-strut-deployment"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"plain": true}"#);
+
+    let response = served
+        .router
+        .clone()
+        .oneshot(respond("gone"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 410);
+    // Truss marks a model's own error status as the model's.
+    assert_eq!(response.headers()["x-baseten-error-code"], "600");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"no longer here");
+
+    let response = served
+        .router
+        .clone()
+        .oneshot(respond("stream"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-rows"], "3");
+    assert_eq!(response.headers()["content-type"], "text/csv");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"row0\nrow1\nrow2\n");
+}
+
+#[tokio::test]
 async fn an_http_exception_keeps_its_status_and_anything_else_is_a_generic_500() {
     let served = serve("errors").await;
     let teapot = post(&served.router, json!({"fail": "teapot"}), None).await;

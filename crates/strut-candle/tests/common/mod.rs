@@ -78,7 +78,7 @@ pub async fn predict_json(
 ) -> Result<Value, strut_model::ModelError> {
     match model.predict(input, &ctx()).await? {
         Output::Json(v) => Ok(v),
-        Output::Stream(_) => panic!("expected JSON"),
+        _ => panic!("expected JSON"),
     }
 }
 

@@ -12,4 +12,4 @@ mod predict;
 mod respond;
 
 pub(crate) use call::{Admit, Call};
-pub(crate) use respond::{Encoding, Reply, serve};
+pub(crate) use respond::{Custom, CustomBody, Encoding, Reply, serve};

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use strut_model::Output;
 use strut_model::capabilities::RawRoutes;
+use strut_model::{Output, Response, ResponseBody};
 
-use super::{Call, Reply};
+use super::{Call, Custom, CustomBody, Reply};
 use crate::ApiError;
 use crate::codec::StreamMode;
 use crate::runner::{LoadedModel, guarded};
@@ -55,8 +55,28 @@ impl Call {
                     Ok(Reply::Stream(stream))
                 }
             }
+            // The model chose the reply itself: no postprocess (Truss refuses
+            // one with a Response), the slot held while a body streams.
+            Output::Response(response) => Ok(custom(self, response, Some(slot.permit))),
         }
     }
+}
+
+/// A model's own response as a reply; `hold` lives as long as its body.
+fn custom<H: Send + 'static>(call: &Call, response: Response, hold: Option<H>) -> Reply {
+    let body = match response.body {
+        ResponseBody::Bytes(bytes) => CustomBody::Bytes(bytes),
+        ResponseBody::Stream(chunks) => {
+            let gap = call.deployment.spec().stream_read_timeout;
+            let stream = streaming::byte_stream(chunks, gap);
+            CustomBody::Stream(streaming::hold_while_streaming(stream, hold))
+        }
+    };
+    Reply::Custom(Custom {
+        status: response.status,
+        headers: response.headers,
+        body,
+    })
 }
 
 impl Call {
@@ -79,6 +99,7 @@ impl Call {
                 let gap = self.deployment.spec().stream_read_timeout;
                 Ok(Reply::Framed(streaming::byte_stream(chunks, gap)))
             }
+            Output::Response(response) => Ok(custom(self, response, None::<()>)),
         }
     }
 }

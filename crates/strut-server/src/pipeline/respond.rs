@@ -6,7 +6,7 @@
 use std::future::Future;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -35,6 +35,20 @@ pub(crate) enum Reply {
     Framed(ByteStream),
     /// A stream collected into one string, for clients that asked for JSON.
     Collected(String),
+    /// Status, headers and body the model chose (a Truss model's starlette
+    /// `Response`).
+    Custom(Custom),
+}
+
+pub(crate) struct Custom {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: CustomBody,
+}
+
+pub(crate) enum CustomBody {
+    Bytes(Bytes),
+    Stream(ByteStream),
 }
 
 impl Reply {
@@ -66,6 +80,16 @@ impl Reply {
             Reply::Events(_) => Err(ApiError::Internal(
                 "server-sent events cannot be stored".into(),
             )),
+            // A stored reply keeps the body: JSON when it parses, else text.
+            Reply::Custom(custom) => {
+                let bytes = match custom.body {
+                    CustomBody::Bytes(bytes) => bytes.to_vec(),
+                    CustomBody::Stream(stream) => streaming::collect_chunks(stream).await?.concat(),
+                };
+                Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                }))
+            }
         }
     }
 }
@@ -154,6 +178,23 @@ where
                     }
                 }
                 Reply::Framed(stream) => sse::framed(streaming::hold_while_streaming(stream, held)),
+                Reply::Custom(Custom {
+                    status,
+                    headers,
+                    body: CustomBody::Bytes(bytes),
+                }) => {
+                    done(held);
+                    custom(status, &headers, Body::from(bytes))
+                }
+                Reply::Custom(Custom {
+                    status,
+                    headers,
+                    body: CustomBody::Stream(stream),
+                }) => {
+                    let stream = streaming::hold_while_streaming(stream, held)
+                        .map(|item| item.map_err(|err| std::io::Error::other(err.code())));
+                    custom(status, &headers, Body::from_stream(stream))
+                }
                 Reply::Events(events) => sse::response(
                     events
                         .map(move |event| {
@@ -166,6 +207,44 @@ where
         }
     };
     name_deployment(&mut response, &deployment);
+    response
+}
+
+/// The model's own status and headers. Hop-by-hop headers and the body's
+/// length are the server's to set; a status of 300 or more carries Truss's
+/// error headers, as Truss's server adds them.
+fn custom(status: u16, headers: &[(String, String)], body: Body) -> Response {
+    const SERVERS: [&str; 7] = [
+        "connection",
+        "content-length",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return ApiError::InvalidModelOutput(format!("the model's response has status {status}"))
+            .into_response();
+    };
+    let mut response = body.into_response();
+    *response.status_mut() = status;
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if !SERVERS.contains(&name.as_str()) {
+            map.append(name, value);
+        }
+    }
+    if status.as_u16() >= 300 {
+        map.insert("x-baseten-error-source", HeaderValue::from_static("04"));
+        map.insert("x-baseten-error-code", HeaderValue::from_static("600"));
+    }
     response
 }
 
