@@ -24,9 +24,11 @@ import json
 import logging
 import os
 import pathlib
+import select
 import struct
 import sys
 import threading
+import time
 import traceback
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +204,7 @@ class Worker:
         concurrency = int((self.config.get("runtime") or {}).get("predict_concurrency") or 1)
         self.pool = ThreadPoolExecutor(max_workers=max(concurrency, 1) + 2, thread_name_prefix="predict")
         self.model = None
+        self.captures = []
         self.takes_request = set()
         self.tasks = {}
         self.credits = {}
@@ -310,8 +313,10 @@ class Worker:
         if op in self.takes_request:
             args.append(Request(self, rid, message.get("request") or {}))
         task = asyncio.ensure_future(self.run(op, rid, args))
-        self.tasks[rid] = task
-        task.add_done_callback(lambda _: self.forget(rid))
+        # Health checks are not requests: output written meanwhile is not theirs.
+        if op != "health":
+            self.tasks[rid] = task
+            task.add_done_callback(lambda _: self.forget(rid))
 
     def forget(self, rid):
         self.tasks.pop(rid, None)
@@ -338,11 +343,13 @@ class Worker:
                     body = base64.b64encode(bytes(result.body)).decode()
                     self.channel.send({"id": rid, "response": {**head, "body_b64": body}})
             else:
+                self.settle()
                 self.channel.send({"id": rid, "ok": result})
         except asyncio.CancelledError:
             self.channel.send({"id": rid, "err": {"status": 499, "message": "cancelled"}})
         except Exception as exc:  # noqa: BLE001 - the model's failure is the request's
             self.log_exception(rid, exc)
+            self.settle()
             self.channel.send({"id": rid, "err": error_of(exc)})
         finally:
             for stream in (sys.stdout, sys.stderr):
@@ -374,6 +381,7 @@ class Worker:
                     self.channel.send({"id": rid, "chunk": chunk})
                 else:
                     self.channel.send({"id": rid, "chunk": json.dumps(chunk, default=to_json)})
+            self.settle()
             self.channel.send({"id": rid, "end": True})
         finally:
             self.credits.pop(rid, None)
@@ -385,10 +393,68 @@ class Worker:
             except Exception:  # noqa: BLE001 - closing a stopped stream
                 pass
 
+    def settle(self):
+        """The request's own output read from the descriptors first."""
+        for capture in self.captures:
+            capture.drain()
+
     def log_exception(self, rid, exc):
         for line in traceback.format_exception(type(exc), exc, exc.__traceback__):
             for part in line.rstrip("\n").split("\n"):
                 self.channel.send({"id": rid, "log": part, "level": "error"})
+
+
+class FdCapture:
+    """Output written to a file descriptor itself (code that replaced
+    sys.stdout with its own stream, C extensions) is read from a pipe: while
+    exactly one request runs it is that request's, else the worker's.
+    `stream` writes to the original descriptor, for the worker's own lines."""
+
+    def __init__(self, fd, level, channel, running):
+        self.level, self.channel, self.running = level, channel, running
+        self.original = os.dup(fd)
+        self.read, write = os.pipe()
+        os.dup2(write, fd)
+        os.close(write)
+        self.stream = open(self.original, "w", buffering=1, closefd=False)
+        self.busy = False
+        self.idle = threading.Condition()
+        threading.Thread(target=self.pump, name=f"capture-{fd}", daemon=True).start()
+
+    def pump(self):
+        rest = b""
+        while True:
+            # Marked busy before the bytes leave the pipe, so `drain` never
+            # sees an empty pipe while lines are still on their way.
+            select.select([self.read], [], [])
+            with self.idle:
+                self.busy = True
+            data = os.read(self.read, 65536)
+            if not data:
+                return
+            *lines, rest = (rest + data).split(b"\n")
+            for line in lines:
+                requests = list(self.running)
+                if len(requests) == 1:
+                    text = line.decode("utf-8", errors="replace")
+                    self.channel.send({"id": requests[0], "log": text, "level": self.level})
+                else:
+                    os.write(self.original, line + b"\n")
+            with self.idle:
+                self.busy = False
+                self.idle.notify_all()
+
+    def drain(self, limit=1.0):
+        """Waits until what was written so far has been read, so a request's
+        last lines are its own before it is answered. Only output still in
+        the pipe makes it wait; `limit` bounds that under heavy load."""
+        deadline = time.monotonic() + limit
+        with self.idle:
+            while self.busy or select.select([self.read], [], [], 0)[0]:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.idle.wait(min(left, 0.005))
 
 
 async def read_frame(reader):
@@ -401,10 +467,13 @@ async def main():
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_unix_connection(os.environ["STRUT_WORKER_SOCKET"])
     channel = Channel(loop, writer)
-    sys.stdout = RequestLog(channel, sys.stdout, "info")
-    sys.stderr = RequestLog(channel, sys.stderr, "warn")
+    running = {}
+    captures = [FdCapture(fd, level, channel, running) for fd, level in ((1, "info"), (2, "warn"))]
+    sys.stdout = RequestLog(channel, captures[0].stream, "info")
+    sys.stderr = RequestLog(channel, captures[1].stream, "warn")
     logging.basicConfig(level=logging.INFO, handlers=[RequestLogHandler(channel)], force=True)
     worker = Worker(channel, await read_frame(reader))
+    worker.tasks, worker.captures = running, captures
     try:
         methods = await worker.load()
     except Exception as exc:  # noqa: BLE001 - reported to the server, which retries

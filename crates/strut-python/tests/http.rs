@@ -172,6 +172,42 @@ async fn what_the_model_prints_or_logs_lands_in_its_requests_log() {
 }
 
 #[tokio::test]
+async fn output_of_code_that_replaced_sys_stdout_still_lands_in_the_requests_log() {
+    let lines = Arc::new(Lines::default());
+    let served = deploy_with("stdout", PythonSettings::default(), lines.clone());
+    served.deployment.loaded().await.unwrap();
+    let request = Request::post("/predict")
+        .header("x-request-id", "req-fd")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = served.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // The pipe is read on a thread of the worker: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for wanted in [
+        "printed through a replaced sys.stdout",
+        "written straight to file descriptor 2",
+    ] {
+        loop {
+            let seen = lines
+                .0
+                .lock()
+                .unwrap()
+                .contains(&("req-fd".into(), wanted.into()));
+            if seen {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{wanted}: {:?}",
+                lines.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn generators_stream_as_raw_chunks_sse_or_collected_json() {
     let served = serve("streaming").await;
     let raw = post(&served.router, json!({"n": 3}), None).await;
