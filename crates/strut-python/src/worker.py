@@ -53,8 +53,11 @@ class Channel:
     def send(self, message):
         data = json.dumps(message, default=to_json).encode()
         frame = struct.pack(">I", len(data)) + data
+        # Every frame goes through the loop's queue, so frames leave in the
+        # order they were sent from any thread: a request's last log lines
+        # before its reply, which ends the request on the server.
         if threading.current_thread() is threading.main_thread():
-            self.writer.write(frame)
+            self.loop.call_soon(self.writer.write, frame)
         else:
             self.loop.call_soon_threadsafe(self.writer.write, frame)
 
@@ -479,6 +482,7 @@ async def main():
     except Exception as exc:  # noqa: BLE001 - reported to the server, which retries
         traceback.print_exc(file=sys.__stderr__)
         channel.send({"op": "load_failed", "error": f"{type(exc).__name__}: {exc}"})
+        await asyncio.sleep(0)  # the queued frame is written
         await writer.drain()
         return
     channel.send({"op": "loaded", "methods": methods})

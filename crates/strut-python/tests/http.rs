@@ -575,3 +575,38 @@ async fn install_requirements_makes_the_models_environment_once_and_reuses_it() 
     );
     assert_eq!(std::fs::read_dir(venvs.path()).unwrap().count(), 1);
 }
+
+#[tokio::test]
+async fn predicts_run_concurrently_and_a_client_that_leaves_cancels_an_async_one() {
+    let served = serve("slow").await;
+    // predict_concurrency 4: four half-second predicts take about half a second.
+    let started = Instant::now();
+    let runs = (0..4).map(|_| post(&served.router, json!({"sleep": 0.5}), None));
+    for reply in futures::future::join_all(runs).await {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The client goes away 200 ms into a 5 s predict: the worker's task is cancelled.
+    let gone = tokio::time::timeout(
+        Duration::from_millis(200),
+        post(&served.router, json!({"sleep": 5.0}), None),
+    )
+    .await;
+    assert!(gone.is_err(), "the predict finished early");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = post(&served.router, json!({"cancelled": true}), None)
+            .await
+            .json();
+        if count["cancelled"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {count}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
