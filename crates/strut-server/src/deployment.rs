@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,9 @@ pub struct Deployment {
     /// Changed only inside `state`'s lock (`send_if_modified`), so the model
     /// and the state never disagree.
     model: RwLock<Option<Arc<LoadedModel>>>,
+    /// Whether the loaded model reads the HTTP request: read per request by
+    /// the routes that copy headers for it, so kept apart from the lock.
+    wants_request: AtomicBool,
     state: watch::Sender<LoadState>,
     /// Requests routed here and not yet answered, open response streams
     /// included. An atomic, not a watch: it changes twice per request, and
@@ -122,6 +125,7 @@ impl Deployment {
             model: RwLock::new(None),
             state: watch::Sender::new(LoadState::Unloaded),
             in_flight: AtomicUsize::new(0),
+            wants_request: AtomicBool::new(false),
             idle: Notify::new(),
             load_seconds: std::sync::Mutex::new(None),
             telemetry: Arc::default(),
@@ -160,6 +164,11 @@ impl Deployment {
 
     pub fn state(&self) -> LoadState {
         self.state.borrow().clone()
+    }
+
+    /// Whether the loaded model reads the HTTP request's headers and query.
+    pub(crate) fn wants_request(&self) -> bool {
+        self.wants_request.load(Ordering::Acquire)
     }
 
     /// The loaded model, or 503 while it loads, after its load failed, or once unloaded.
@@ -335,6 +344,8 @@ impl Loader {
         let outcome = self.construct_and_load();
         d.state.send_modify(|state| match outcome {
             Ok(model) => {
+                d.wants_request
+                    .store(model.wants_request(), Ordering::Release);
                 *d.model.write().expect("model lock") = Some(Arc::new(model));
                 *state = LoadState::Ready;
             }

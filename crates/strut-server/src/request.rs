@@ -94,8 +94,7 @@ pub(crate) fn meta_for(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Option<strut_model::RequestMeta> {
-    let model = deployment.model().ok()?;
-    if !model.wants_request() {
+    if !deployment.wants_request() {
         return None;
     }
     let headers = headers

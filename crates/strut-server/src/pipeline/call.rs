@@ -132,17 +132,18 @@ impl Call {
     /// names the method the model lacks).
     pub(crate) fn text_generation(
         &self,
+        model: &LoadedModel,
         capability: &'static str,
     ) -> Result<Arc<dyn TextGeneration>, ApiError> {
-        self.model()?
+        model
             .text_generation()
             .cloned()
             .ok_or_else(|| self.unsupported(capability))
     }
 
     /// The model's embeddings, or a 4xx naming the capability.
-    pub(crate) fn embeddings(&self) -> Result<Arc<dyn Embeddings>, ApiError> {
-        self.model()?
+    pub(crate) fn embeddings(&self, model: &LoadedModel) -> Result<Arc<dyn Embeddings>, ApiError> {
+        model
             .embeddings()
             .cloned()
             .ok_or_else(|| self.unsupported("embeddings"))
@@ -151,12 +152,11 @@ impl Call {
     /// The model's own answer to `route` from the raw body (Truss's
     /// `chat_completions`, ...), when it has one: it takes precedence over
     /// the protocol's adapter.
-    pub(crate) fn raw_route(&self, route: &str) -> Result<Option<Arc<dyn RawRoutes>>, ApiError> {
-        Ok(self
-            .model()?
+    pub(crate) fn raw_route(model: &LoadedModel, route: &str) -> Option<Arc<dyn RawRoutes>> {
+        model
             .raw_routes()
             .filter(|routes| routes.answers(route))
-            .cloned())
+            .cloned()
     }
 
     fn unsupported(&self, capability: &'static str) -> ApiError {

@@ -19,10 +19,11 @@ enum Encoding {
 
 pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
     // A model that answers the route itself (Truss's method) gets the body.
-    if let Some(routes) = call.raw_route("embeddings")? {
+    let model = call.model()?;
+    if let Some(routes) = Call::raw_route(&model, "embeddings") {
         return call.raw(routes, "embeddings", body).await;
     }
-    let embedder = call.embeddings()?;
+    let embedder = call.embeddings(&model)?;
     let mut fields = Fields::new(body)?;
     let texts = take_input(&mut fields)?;
     let requested = fields.take::<String>("model", "a string")?;

@@ -68,10 +68,11 @@ pub(super) async fn run(
 ) -> Result<Reply, ApiError> {
     let capability = endpoint.names().capability;
     // A model that answers the route itself (Truss's method) gets the body.
-    if let Some(routes) = call.raw_route(capability)? {
+    let model = call.model()?;
+    if let Some(routes) = Call::raw_route(&model, capability) {
         return call.raw(routes, capability, body).await;
     }
-    let generator = call.text_generation(capability)?;
+    let generator = call.text_generation(&model, capability)?;
     let mut fields = Fields::new(body)?;
     let prompt = endpoint.take_prompt(&mut fields)?;
     let Options {
