@@ -12,9 +12,12 @@ def write_lua(path):
     return path
 
 
-def wait_ready(url, timeout=120):
+def wait_ready(url, timeout=120, proc=None):
+    """Polls `url` until it answers 200; gives up early if `proc` exits."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"exited with {proc.returncode} before {url} was ready")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:

@@ -13,6 +13,8 @@ wheel. The environment is kept in target/minilm-py-data and reused.
 import json, os, signal, subprocess, sys, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from benchlib import wait_ready  # noqa: E402
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 SENTENCES = [
     "The weather is lovely today.",
@@ -34,21 +36,6 @@ def post(port, body):
         return json.load(r)
 
 
-def wait(port, proc, name, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/model", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{name} not ready in {timeout} s")
-
-
 def rate(port, rounds=20):
     started = time.perf_counter()
     for _ in range(rounds):
@@ -68,8 +55,8 @@ def main():
                           "--port", "18302", "--install-requirements", "--data-dir", data]),
     ]
     try:
-        wait(18301, procs[0], "models/minilm", 120)
-        wait(18302, procs[1], "models/minilm-py", 900)
+        wait_ready("http://127.0.0.1:18301/v1/models/model", 120, procs[0])
+        wait_ready("http://127.0.0.1:18302/v1/models/model", 900, procs[1])
         rust = post(18301, {"texts": SENTENCES})["embeddings"]
         py = post(18302, {"texts": SENTENCES})["embeddings"]
         worst = 0.0

@@ -10,9 +10,11 @@ Truss's server comes from ../shared/peers/setup.sh (PyPI only); each fixture
 becomes its app folder through ../shared/peers/truss-app.sh. strut is the
 release binary (built here if missing).
 """
-import json, os, signal, subprocess, sys, tempfile, time, urllib.error, urllib.request
+import json, os, signal, subprocess, sys, tempfile, urllib.error, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from benchlib import wait_ready  # noqa: E402
 SHARED = os.path.join(ROOT, "..", "shared", "peers")
 PEERS = os.environ.get("PEERS_DIR", os.path.expanduser("~/.cache/strut-peers"))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -59,21 +61,6 @@ def comparable(content_type, raw):
     return raw.decode("utf-8", errors="replace")
 
 
-def wait(port, proc, name):
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models/model", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{name} not ready")
-
-
 def main():
     strut = os.path.join(TARGET, "release", "strut")
     if not os.path.exists(strut):
@@ -98,8 +85,8 @@ def main():
                              cwd=app, env=env, **quiet),
         ]
         try:
-            wait(18201, procs[0], f"strut {fixture}")
-            wait(18202, procs[1], f"truss {fixture}")
+            wait_ready("http://127.0.0.1:18201/v1/models/model", proc=procs[0])
+            wait_ready("http://127.0.0.1:18202/v1/models/model", proc=procs[1])
             for body in bodies:
                 s_status, s_type, s_raw = request(18201, body)
                 t_status, t_type, t_raw = request(18202, body)

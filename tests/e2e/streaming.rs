@@ -253,3 +253,32 @@ async fn shutdown_lets_open_streams_finish() {
         "part0;part1;part2;part3;part4;part5;"
     );
 }
+
+#[tokio::test]
+async fn an_idle_sse_stream_gets_keep_alive_comments() {
+    let probe = Probe::new();
+    let (running, _d) = start("Scripted", &probe, None).await;
+    // Two chunks 17 s apart: past the writer's 15 s keep-alive interval.
+    let response = client()
+        .post(format!("{}/predict", running.url))
+        .header("accept", "text/event-stream")
+        .body(r#"{"stream": 2, "delay_ms": 17000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let comment = text
+        .find("\n:")
+        .or_else(|| text.starts_with(':').then_some(0));
+    let second = text.find("data: part1;");
+    assert!(
+        matches!((comment, second), (Some(c), Some(s)) if c < s),
+        "no keep-alive comment between the chunks: {text:?}"
+    );
+    running.stop().await.unwrap();
+}

@@ -610,3 +610,20 @@ async fn predicts_run_concurrently_and_a_client_that_leaves_cancels_an_async_one
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_python_that_cannot_be_started_fails_the_load_naming_it() {
+    let settings = PythonSettings {
+        python: PathBuf::from("/nonexistent/python3"),
+        ..PythonSettings::default()
+    };
+    let served = deploy("echo", settings);
+    let err = served.deployment.loaded().await.unwrap_err();
+    assert!(
+        err.contains("could not start `/nonexistent/python3`"),
+        "{err}"
+    );
+    assert_eq!(ready(&served.router).await, 503);
+    // The server answers; predict says the model is not ready.
+    assert_eq!(post(&served.router, json!({}), None).await.status, 503);
+}

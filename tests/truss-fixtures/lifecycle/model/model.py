@@ -31,5 +31,6 @@ class Model:
             "loads": self._loads,
         }
 
-    def postprocess(self, model_output):
+    async def postprocess(self, model_output):
+        await asyncio.sleep(0)
         return {"output": model_output, "postprocessed": True}
