@@ -101,6 +101,9 @@ const TILE: usize = 4;
 /// Work items per thread for one token's product: enough for a straggling
 /// core to be absorbed, few enough that claiming them costs nothing.
 const ITEMS_PER_THREAD: usize = 8;
+/// From this many activation rows (a prompt) work is split over tiles of
+/// rows, each streaming the whole matrix; below, over weight rows.
+const FEW_ROWS: usize = 32;
 
 impl QMatrix {
     /// Reads the matrices of `format` and width `cols` that start at each
@@ -224,7 +227,7 @@ impl QMatrix {
         assert_eq!(x.blocks_per_row, self.blocks_per_row(), "inner dimensions");
         assert_eq!(out.len(), x.rows * self.rows, "output size");
         let threads = pool.threads();
-        if x.rows >= TILE * threads {
+        if x.rows >= FEW_ROWS.max(TILE * threads) {
             let tiles: Vec<Mutex<&mut [f32]>> =
                 out.chunks_mut(TILE * self.rows).map(Mutex::new).collect();
             pool.execute_chunked(tiles.len(), &|range| {
@@ -235,20 +238,39 @@ impl QMatrix {
             });
             return;
         }
+        // A few rows (one token, or a batch of decoding sequences): the
+        // work is split over weight rows, and each chunk of weights meets
+        // every activation row while it is in cache, four at a time, so the
+        // matrix is read once whatever the number of rows.
         let chunk = self.rows.div_ceil(threads * ITEMS_PER_THREAD).max(16);
-        for (i, out_row) in out.chunks_mut(self.rows).enumerate() {
-            let act = x.row(i);
-            let chunks: Vec<Mutex<&mut [f32]>> =
-                out_row.chunks_mut(chunk).map(Mutex::new).collect();
-            pool.execute_chunked(chunks.len(), &|range| {
-                for c in range {
-                    let mut part = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
-                    for (j, y) in part.iter_mut().enumerate() {
-                        *y = self.dot::<1>(kernel, c * chunk + j, [act])[0];
+        let parts: Vec<Vec<Mutex<&mut [f32]>>> = out
+            .chunks_mut(self.rows)
+            .map(|row| row.chunks_mut(chunk).map(Mutex::new).collect())
+            .collect();
+        let n_chunks = self.rows.div_ceil(chunk);
+        pool.execute_chunked(n_chunks, &|range| {
+            for c in range {
+                let mut outs: Vec<_> = parts
+                    .iter()
+                    .map(|row| row[c].lock().unwrap_or_else(|e| e.into_inner()))
+                    .collect();
+                let first = c * chunk;
+                for j in 0..outs[0].len() {
+                    let mut i = 0;
+                    while i + TILE <= x.rows {
+                        let acts = [0, 1, 2, 3].map(|t| x.row(i + t));
+                        let v = self.dot::<TILE>(kernel, first + j, acts);
+                        for (t, v) in v.into_iter().enumerate() {
+                            outs[i + t][j] = v;
+                        }
+                        i += TILE;
+                    }
+                    for (i, out) in outs.iter_mut().enumerate().skip(i) {
+                        out[j] = self.dot::<1>(kernel, first + j, [x.row(i)])[0];
                     }
                 }
-            });
-        }
+            }
+        });
     }
 
     /// Activation rows `first..` (at most `TILE`) against every weight row.

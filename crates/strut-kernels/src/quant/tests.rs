@@ -113,7 +113,9 @@ fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
 /// Row counts that take every path: one token (rows split over threads), a
 /// few tokens (one product each), and a prompt (tiles of four, plus a
 /// remainder tile).
-const TOKENS: [usize; 4] = [1, 3, 8, 13];
+/// One token; batches of decoding sequences (whole and partial tiles of
+/// four, split over weight rows); prompts (tiles of rows).
+const TOKENS: [usize; 6] = [1, 3, 8, 13, 33, 38];
 
 #[test]
 fn q4_1_products_match_f32_on_the_dequantized_weights() {
@@ -156,6 +158,27 @@ fn simd_kernels_agree_with_the_portable_ones() {
                 &portable,
                 1e-4,
                 "simd",
+            );
+        }
+    }
+}
+
+#[test]
+fn each_row_of_a_product_is_what_it_is_alone() {
+    // A sequence in a batch must get the logits it gets alone: a row's dot
+    // products may not depend on its neighbours or on the row count.
+    let mut rng = Rng(5);
+    let (rows, cols) = (70, 256);
+    let m = random_q4_1(&mut rng, rows, cols);
+    for n in TOKENS {
+        let x = rng.values(n * cols, 2.0);
+        let together = product(&m, Kernel::detect(), &x, n);
+        for i in 0..n {
+            let alone = product(&m, Kernel::detect(), &x[i * cols..(i + 1) * cols], 1);
+            assert_eq!(
+                &together[i * rows..(i + 1) * rows],
+                &alone[..],
+                "row {i} of {n}"
             );
         }
     }
