@@ -172,4 +172,14 @@ async fn the_models_report_batches_and_tokens_to_the_metrics() {
         deployment_sample(&router, "strut_time_to_first_token_seconds_count", id).await,
         1.0
     );
+    // The scheduler: one prefill step and four decode steps, nothing left
+    // running, the budget from config.yaml, the prompt looked up once.
+    let at = |name: &'static str| deployment_sample(&router, name, id);
+    assert_eq!(at("strut_batch_step_duration_seconds_count").await, 5.0);
+    assert_eq!(at("strut_batch_running_sequences").await, 0.0);
+    assert_eq!(at("strut_kv_cache_budget_tokens").await, 16384.0);
+    assert_eq!(
+        at("strut_prefix_cache_prompt_tokens_total").await,
+        reply["usage"]["prompt_tokens"].as_f64().unwrap()
+    );
 }

@@ -206,13 +206,29 @@ impl strut_model::Model for Reporter {
         _ctx: &strut_model::RequestContext,
     ) -> Result<strut_model::Output, strut_model::ModelError> {
         let n = |key: &str| input[key].as_u64().unwrap_or(0);
-        self.0.batch(n("batch") as usize);
-        self.0.generation(&strut_model::GenerationStats {
-            prompt_tokens: n("prompt") as u32,
-            completion_tokens: n("generated") as u32,
-            time_to_first_token: Duration::from_millis(n("ttft_ms")),
-            total: Duration::from_millis(n("total_ms")),
-        });
+        if input.get("running").is_none() {
+            self.0.batch(n("batch") as usize);
+            self.0.generation(&strut_model::GenerationStats {
+                prompt_tokens: n("prompt") as u32,
+                completion_tokens: n("generated") as u32,
+                time_to_first_token: Duration::from_millis(n("ttft_ms")),
+                total: Duration::from_millis(n("total_ms")),
+            });
+        } else {
+            self.0.scheduler_step(&strut_model::SchedulerStep {
+                running: n("running") as usize,
+                max_batch: 8,
+                waiting: n("waiting") as usize,
+                waiting_tokens: n("waiting_tokens") as usize,
+                kv_used_tokens: 300,
+                kv_budget_tokens: 1000,
+                prefix_cached_tokens: 120,
+                duration: Duration::from_millis(n("step_ms")),
+                ..Default::default()
+            });
+            self.0
+                .prefix_lookup(n("prompt") as usize, n("reused") as usize);
+        }
         Ok(strut_model::Output::Json(serde_json::Value::Null))
     }
 }
@@ -234,6 +250,9 @@ async fn model_telemetry_reaches_the_deployments_series() {
     for body in [
         r#"{"batch": 4, "prompt": 7, "generated": 11, "ttft_ms": 100, "total_ms": 600}"#,
         r#"{"batch": 1, "prompt": 3, "generated": 1, "ttft_ms": 50, "total_ms": 50}"#,
+        // A scheduler's step: the batch, the queue in tokens, KV and prefix use.
+        r#"{"prompt": 40, "reused": 30, "running": 6, "waiting": 2,
+            "waiting_tokens": 250, "step_ms": 12}"#,
     ] {
         assert_eq!(
             send(&router, post_json("/predict", body)).await.status(),
@@ -253,6 +272,16 @@ async fn model_telemetry_reaches_the_deployments_series() {
     // Only the first generation decoded past its first token: 10 tokens in 0.5 s.
     assert_eq!(at("strut_generation_tokens_per_second_count"), 1.0);
     assert_eq!(at("strut_generation_tokens_per_second_sum"), 20.0);
+    assert_eq!(at("strut_batch_running_sequences"), 6.0);
+    assert_eq!(at("strut_batch_occupancy_ratio"), 0.75);
+    assert_eq!(at("strut_batch_waiting_requests"), 2.0);
+    assert_eq!(at("strut_batch_waiting_tokens"), 250.0);
+    assert_eq!(at("strut_kv_cache_used_tokens"), 300.0);
+    assert_eq!(at("strut_kv_cache_budget_tokens"), 1000.0);
+    assert_eq!(at("strut_prefix_cache_tokens"), 120.0);
+    assert_eq!(at("strut_batch_step_duration_seconds_count"), 1.0);
+    assert_eq!(at("strut_prefix_cache_prompt_tokens_total"), 40.0);
+    assert_eq!(at("strut_prefix_cache_hit_tokens_total"), 30.0);
 }
 
 #[tokio::test]

@@ -1,13 +1,12 @@
 //! `LlamaGenerator`: text generation served from a model thread that owns
-//! the weights and the KV cache; requests wait in a bounded queue and are
-//! generated one at a time, each streaming its tokens back over a channel.
+//! the weights and runs the continuous-batching scheduler
+//! ([`crate::scheduler`]); requests wait in a bounded queue, join the batch
+//! at any step and stream their tokens back over a channel each.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
-use candle_core::Device;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use strut_model::capabilities::{
@@ -15,22 +14,23 @@ use strut_model::capabilities::{
     TokenizerFiles, Usage,
 };
 use strut_model::{
-    AsyncModel, Chunk, ErrorKind, GenerationStats, InitContext, ModelError, Output, RequestContext,
-    Telemetry, async_trait,
+    AsyncModel, Chunk, ErrorKind, InitContext, ModelError, Output, RequestContext, async_trait,
 };
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 
 use crate::chat_template::ChatTemplate;
 use crate::llama::{self, LlamaWeights};
 use crate::loader::LoadReport;
 use crate::params::CandleParams;
-use crate::sampling::{self, Sampler};
-use crate::text_stream::{Detokenizer, StopFilter};
+use crate::sampling;
+use crate::scheduler::{Job, Limits, Scheduler, Waiting};
 use crate::weights::{Sources, Wanted};
 
 const DEFAULT_MAX_TOKENS: usize = 256;
 const DEFAULT_QUEUE: usize = 64;
+const DEFAULT_MAX_BATCH: usize = 16;
+const DEFAULT_STEP_TOKENS: usize = 256;
 
 pub struct LlamaGenerator {
     ctx: InitContext,
@@ -39,21 +39,15 @@ pub struct LlamaGenerator {
     load_report: Option<LoadReport>,
 }
 
-struct Job {
-    prompt: Vec<u32>,
-    request: GenerateRequest,
-    max_new: usize,
-    ctx: RequestContext,
-    events: UnboundedSender<Result<GenerationEvent, ModelError>>,
-}
-
 struct Engine {
     model_id: String,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
     context_length: usize,
     default_max_tokens: usize,
+    kv_budget: usize,
     jobs: SyncSender<Job>,
+    waiting: Arc<Waiting>,
 }
 
 impl LlamaGenerator {
@@ -112,16 +106,28 @@ impl AsyncModel for LlamaGenerator {
             .map_or(loaded.context_length, |c| c.min(loaded.context_length));
         let tokenizer = Arc::new(loaded.tokenizer);
         let (jobs, queue) = sync_channel(self.params.max_queue.unwrap_or(DEFAULT_QUEUE));
-        let worker = Worker {
+        let limits = limits(&self.params, &loaded.weights, context_length);
+        tracing::info!(
+            model = %model_id,
+            max_batch = limits.max_batch,
+            kv_budget_tokens = limits.kv_budget,
+            step_tokens = limits.step_tokens,
+            prefix_cache = limits.prefix_cache,
+            "continuous batching"
+        );
+        let waiting = Arc::new(Waiting::default());
+        let scheduler = Scheduler {
             weights: loaded.weights,
+            device: placement.device.clone(),
             tokenizer: tokenizer.clone(),
             eos_ids: loaded.eos_ids,
-            device: placement.device.clone(),
             telemetry: self.ctx.telemetry.clone(),
+            limits,
+            waiting: waiting.clone(),
         };
         std::thread::Builder::new()
             .name(format!("strut-llama-{model_id}"))
-            .spawn(move || worker.run(queue))?;
+            .spawn(move || scheduler.run(queue))?;
         self.load_report = Some(LoadReport::finish(
             &model_id,
             started,
@@ -134,7 +140,9 @@ impl AsyncModel for LlamaGenerator {
             template: loaded.template,
             context_length,
             default_max_tokens: self.params.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            kv_budget: limits.kv_budget,
             jobs,
+            waiting,
         }));
         Ok(())
     }
@@ -258,7 +266,15 @@ impl TextGeneration for Engine {
             Some(n) => n as usize,
             None => self.default_max_tokens.min(room),
         };
+        let budget = self.kv_budget;
+        if prompt.len() + max_new > budget {
+            return Err(ModelError::invalid_input(format!(
+                "the prompt ({} tokens) plus max_tokens ({max_new}) exceed the model's KV cache budget of {budget} tokens",
+                prompt.len()
+            )));
+        }
         let (events, rx) = unbounded_channel();
+        let prompt_len = prompt.len();
         let job = Job {
             prompt,
             request,
@@ -266,13 +282,20 @@ impl TextGeneration for Engine {
             ctx: ctx.clone(),
             events,
         };
-        self.jobs.try_send(job).map_err(|err| match err {
-            TrySendError::Full(_) => ModelError::new(
-                ErrorKind::Overloaded,
-                "too many generation requests are waiting; retry later",
-            ),
-            TrySendError::Disconnected(_) => ModelError::internal("the model thread has stopped"),
-        })?;
+        // Counted before the send: the model thread may take it at once.
+        self.waiting.add(prompt_len);
+        self.jobs
+            .try_send(job)
+            .inspect_err(|_| self.waiting.remove(prompt_len))
+            .map_err(|err| match err {
+                TrySendError::Full(_) => ModelError::new(
+                    ErrorKind::Overloaded,
+                    "too many generation requests are waiting; retry later",
+                ),
+                TrySendError::Disconnected(_) => {
+                    ModelError::internal("the model thread has stopped")
+                }
+            })?;
         Ok(Box::pin(tokio_stream(rx)))
     }
 }
@@ -283,116 +306,26 @@ fn tokio_stream<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-struct Worker {
-    weights: LlamaWeights,
-    tokenizer: Arc<Tokenizer>,
-    eos_ids: BTreeSet<u32>,
-    device: Device,
-    telemetry: Telemetry,
-}
-
-impl Worker {
-    fn run(mut self, queue: Receiver<Job>) {
-        while let Ok(job) = queue.recv() {
-            if job.events.is_closed() || job.ctx.is_cancelled() {
-                continue;
-            }
-            let events = job.events.clone();
-            if let Err(err) = self.generate(job) {
-                let _ = events.send(Err(err));
-            }
+/// The scheduler's limits from `model_metadata.candle`, with defaults from
+/// the machine: the KV budget is a quarter of the memory available (the
+/// cgroup's limit where lower), capped at a full context for every place in
+/// the batch, and never below one full context.
+fn limits(params: &CandleParams, weights: &LlamaWeights, context_length: usize) -> Limits {
+    let max_batch = params.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH).max(1);
+    let full = max_batch * context_length;
+    let kv_budget = params.kv_cache_tokens.unwrap_or_else(|| {
+        match (
+            weights.kv_bytes_per_token(),
+            crate::device::memory_available(),
+        ) {
+            (Some(per_token), Some(bytes)) => ((bytes / 4) as usize / per_token).min(full),
+            _ => full,
         }
-    }
-
-    fn generate(&mut self, job: Job) -> Result<(), ModelError> {
-        let Job {
-            prompt,
-            request,
-            max_new,
-            ctx,
-            events,
-        } = job;
-        let params = &request.params;
-        let send = |event| events.send(Ok(event)).is_ok();
-        let mut sampler = Sampler::new(params);
-        let mut detok = Detokenizer::new(&self.tokenizer);
-        let mut stops = StopFilter::new(params.stop.clone());
-        let mut tokens = prompt.clone();
-        let started = Instant::now();
-        let mut first_token = None;
-        let mut logits = self
-            .weights
-            .forward(&prompt, 0, &self.device)
-            .map_err(crate::internal("prompt forward pass"))?;
-        let mut reason = FinishReason::Length;
-        let mut generated = 0usize;
-        let mut stop_sequence_hit = false;
-        loop {
-            // A client that went away stops the work. A cancelled request
-            // still ends its stream with an error rather than just stopping.
-            if events.is_closed() {
-                return Ok(());
-            }
-            if ctx.is_cancelled() {
-                let _ = events.send(Err(ModelError::cancelled()));
-                return Ok(());
-            }
-            let next = sampler
-                .next(&logits, &tokens)
-                .map_err(crate::internal("sampling"))?;
-            generated += 1;
-            first_token.get_or_insert_with(|| started.elapsed());
-            tokens.push(next);
-            if self.eos_ids.contains(&next) && !params.ignore_eos {
-                reason = FinishReason::Stop;
-                break;
-            }
-            let text = detok.step(next).map_err(ModelError::internal)?;
-            let filtered = stops.push(next, text);
-            for (id, text) in filtered.ready {
-                if !send(GenerationEvent::Token { id, text }) {
-                    return Ok(());
-                }
-            }
-            if filtered.stopped {
-                stop_sequence_hit = true;
-                reason = FinishReason::Stop;
-                break;
-            }
-            if generated >= max_new {
-                break;
-            }
-            logits = self
-                .weights
-                .forward(&[next], tokens.len() - 1, &self.device)
-                .map_err(crate::internal("decode forward pass"))?;
-        }
-        // Text held back as a possible stop-sequence start is real output
-        // unless a stop sequence did match.
-        if !stop_sequence_hit {
-            let tail = detok.flush().map_err(ModelError::internal)?;
-            let mut rest = stops.finish();
-            if let Some(last) = rest.last_mut() {
-                last.1.push_str(&tail);
-            } else if !tail.is_empty() {
-                rest.push((*tokens.last().unwrap_or(&0), tail));
-            }
-            for (id, text) in rest {
-                send(GenerationEvent::Token { id, text });
-            }
-        }
-        let usage = Usage {
-            prompt_tokens: prompt.len() as u32,
-            completion_tokens: generated as u32,
-        };
-        let total = started.elapsed();
-        self.telemetry.generation(&GenerationStats {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            time_to_first_token: first_token.unwrap_or(total),
-            total,
-        });
-        send(GenerationEvent::Finished { reason, usage });
-        Ok(())
+    });
+    Limits {
+        max_batch,
+        kv_budget: kv_budget.max(context_length),
+        step_tokens: params.max_step_tokens.unwrap_or(DEFAULT_STEP_TOKENS).max(1),
+        prefix_cache: params.prefix_cache.unwrap_or(true),
     }
 }

@@ -23,6 +23,7 @@ mod llama;
 pub mod loader;
 pub mod params;
 mod sampling;
+mod scheduler;
 pub mod text_stream;
 mod tokenizer_gguf;
 pub mod weights;

@@ -19,6 +19,11 @@
 //!     default_max_tokens: 256        # when a request gives none
 //!     requantize: q8_0               # CPU: Q4_1 held as Q8_0 (more memory, slower decode), see crate::llama
 //!     max_queue: 64
+//!     max_batch_size: 16             # sequences decoded together (continuous batching)
+//!     kv_cache_tokens: 16384         # KV budget in positions, running sequences and prefix cache
+//!                                    #   together (default: a quarter of available memory)
+//!     max_step_tokens: 256           # tokens per forward pass: one per decoding sequence, the rest prompt chunks
+//!     prefix_cache: true             # reuse the KV of shared prompt prefixes
 //! ```
 //!
 //! Weights are looked up in the model's `data/` folder first, then in
@@ -46,6 +51,9 @@ pub struct CandleParams {
     pub context_length: Option<usize>,
     pub default_max_tokens: Option<usize>,
     pub requantize: Option<String>,
+    pub kv_cache_tokens: Option<usize>,
+    pub max_step_tokens: Option<usize>,
+    pub prefix_cache: Option<bool>,
 }
 
 impl CandleParams {

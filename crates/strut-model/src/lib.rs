@@ -26,7 +26,7 @@ pub use init::{Environment, InitContext, Secrets};
 pub use model::{AsyncModel, Model, ModelInstance};
 pub use output::{Chunk, ChunkIter, ChunkStream, Output, Response, ResponseBody};
 pub use registry::{Registry, RegistryError};
-pub use telemetry::{GenerationStats, Telemetry, TelemetrySink};
+pub use telemetry::{GenerationStats, SchedulerStep, Telemetry, TelemetrySink};
 pub use tokio_util::sync::CancellationToken;
 
 /// Re-exported so model crates implement [`AsyncModel`] without naming the

@@ -26,11 +26,36 @@ impl GenerationStats {
     }
 }
 
+/// One step of a token-level (continuous batching) scheduler: the state of
+/// its batch, its KV memory and its queue after the step.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SchedulerStep {
+    /// Sequences in the batch, and the most it takes.
+    pub running: usize,
+    pub max_batch: usize,
+    /// Prompt tokens prefilled and sequences decoded by this step.
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    /// Requests waiting for a place in the batch, and their prompt tokens.
+    pub waiting: usize,
+    pub waiting_tokens: usize,
+    /// KV positions reserved by running sequences plus those the prefix
+    /// cache holds, against the budget.
+    pub kv_used_tokens: usize,
+    pub kv_budget_tokens: usize,
+    pub prefix_cached_tokens: usize,
+    pub duration: Duration,
+}
+
 /// Where the reports go; the server implements it per deployment.
 pub trait TelemetrySink: Send + Sync + 'static {
     /// A forward pass ran over `size` requests at once.
     fn batch(&self, size: usize);
     fn generation(&self, stats: &GenerationStats);
+    fn scheduler_step(&self, _step: &SchedulerStep) {}
+    /// A prompt of `prompt_tokens` started from `reused` positions another
+    /// sequence had computed.
+    fn prefix_lookup(&self, _prompt_tokens: usize, _reused: usize) {}
 }
 
 /// A cheap, clonable handle a model keeps from its [`crate::InitContext`].
@@ -52,6 +77,18 @@ impl Telemetry {
     pub fn generation(&self, stats: &GenerationStats) {
         if let Some(sink) = &self.0 {
             sink.generation(stats);
+        }
+    }
+
+    pub fn scheduler_step(&self, step: &SchedulerStep) {
+        if let Some(sink) = &self.0 {
+            sink.scheduler_step(step);
+        }
+    }
+
+    pub fn prefix_lookup(&self, prompt_tokens: usize, reused: usize) {
+        if let Some(sink) = &self.0 {
+            sink.prefix_lookup(prompt_tokens, reused);
         }
     }
 }

@@ -3,23 +3,23 @@
 
 use strut_kernels::{scores, weighted_sum};
 
-use super::cpu::Hparams;
+use super::cpu::{Hparams, Span};
 
-/// Causal attention of the `m` query rows in `qkv` (positions `pos..`) over
-/// the cache, which already holds their own keys and values. One work item
-/// per (position, head), spread over candle's pool.
-pub fn attention(
-    hp: &Hparams,
-    qkv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    pos: usize,
-    out: &mut [f32],
-) {
+/// Causal attention of every query row in `qkv` over its own sequence's
+/// cache, which already holds the rows' own keys and values. `spans` give
+/// the sequences' rows in order. One work item per (row, head), spread over
+/// candle's pool, so a batch of one-token decodes parallelises as a prompt
+/// does.
+pub fn attention(hp: &Hparams, qkv: &[f32], spans: &[Span<'_>], out: &mut [f32]) {
     let hd = hp.head_dim;
     let (q_dim, kv_dim) = (hp.n_head * hd, hp.n_kv_head * hd);
     let group = hp.n_head / hp.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
+    // Row -> (its span, its position).
+    let rows: Vec<(&Span<'_>, usize)> = spans
+        .iter()
+        .flat_map(|span| (0..span.rows).map(move |t| (span, span.pos + t)))
+        .collect();
     let heads: Vec<std::sync::Mutex<&mut [f32]>> = out
         .chunks_exact_mut(hd)
         .map(std::sync::Mutex::new)
@@ -27,14 +27,15 @@ pub fn attention(
     candle_core::utils::barrier_pool().execute_chunked(heads.len(), |range| {
         let mut weights = Vec::new();
         for item in range {
-            let (t, h) = (item / hp.n_head, item % hp.n_head);
-            let q = &qkv[t * (q_dim + 2 * kv_dim) + h * hd..][..hd];
+            let (r, h) = (item / hp.n_head, item % hp.n_head);
+            let (span, pos) = rows[r];
+            let q = &qkv[r * (q_dim + 2 * kv_dim) + h * hd..][..hd];
             let kv_off = (h / group) * hd;
-            weights.resize(pos + t + 1, 0.0);
-            scores(q, &k_cache[kv_off..], kv_dim, scale, &mut weights);
+            weights.resize(pos + 1, 0.0);
+            scores(q, &span.k[kv_off..], kv_dim, scale, &mut weights);
             softmax(&mut weights);
             let mut o = heads[item].lock().unwrap_or_else(|e| e.into_inner());
-            weighted_sum(&weights, &v_cache[kv_off..], kv_dim, &mut o);
+            weighted_sum(&weights, &span.v[kv_off..], kv_dim, &mut o);
         }
     });
 }

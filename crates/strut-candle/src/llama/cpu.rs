@@ -72,7 +72,68 @@ struct Scratch {
     act: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    logits: Vec<f32>,
     acts: Activations,
+}
+
+/// One sequence's keys and values: per layer, `[position][kv_dim]`. Owned
+/// by the sequence (the scheduler's), not the model, so any number of
+/// sequences share one set of weights.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    kv_dim: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Keeps the first `len` positions (a shared prefix, or what a failed
+    /// pass left beyond the last good one).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        for (k, v) in &mut self.layers {
+            k.truncate(self.len * self.kv_dim);
+            v.truncate(self.len * self.kv_dim);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_len_for_test(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    /// The first `len` positions of `other` (same model) in place of this
+    /// cache's.
+    pub fn copy_prefix(&mut self, other: &KvCache, len: usize) {
+        let len = len.min(other.len);
+        let n = len * other.kv_dim;
+        self.kv_dim = other.kv_dim;
+        self.layers
+            .resize_with(other.layers.len(), Default::default);
+        for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&other.layers) {
+            k.clear();
+            k.extend_from_slice(&ok[..n]);
+            v.clear();
+            v.extend_from_slice(&ov[..n]);
+        }
+        self.len = len;
+    }
+}
+
+/// A run of one sequence's tokens in a batched pass, at positions
+/// `cache.len()..`.
+pub struct Segment<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// Whether the logits after the last token are wanted (a prompt chunk
+    /// that does not end the prompt needs none, and the vocabulary-wide
+    /// output projection is the largest product of the pass).
+    pub logits: bool,
 }
 
 pub struct CpuLlama {
@@ -81,9 +142,6 @@ pub struct CpuLlama {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Linear,
-    /// Per layer: keys and values of every position so far, `[pos][kv_dim]`.
-    cache: Vec<(Vec<f32>, Vec<f32>)>,
-    cached: usize,
     scratch: Scratch,
 }
 
@@ -138,62 +196,96 @@ impl CpuLlama {
             )?;
         }
         Ok(Self {
-            cache: layers.iter().map(|_| Default::default()).collect(),
             hp,
             embedding,
             layers,
             norm,
             output,
-            cached: 0,
             scratch: Scratch::default(),
         })
     }
 
-    /// Logits for the token after `tokens`, which sit at positions `pos..`;
-    /// `pos` 0 starts a new sequence, anything else continues the cached one.
-    pub fn forward(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
-        if pos == 0 {
-            self.cached = 0;
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: self.layers.iter().map(|_| Default::default()).collect(),
+            kv_dim: self.hp.n_kv_head * self.hp.head_dim,
+            len: 0,
         }
-        if pos != self.cached || tokens.is_empty() {
-            candle_core::bail!(
-                "{} tokens at position {pos}, but {} positions are cached",
-                tokens.len(),
-                self.cached
-            );
-        }
+    }
+
+    /// Bytes of KV memory per position of a sequence.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.layers.len() * self.hp.n_kv_head * self.hp.head_dim * size_of::<f32>()
+    }
+
+    /// One pass over several sequences at once: every segment's rows go
+    /// through each weight matrix together, attention runs per sequence over
+    /// its own cache. Returns, per segment, the logits after its last token
+    /// where asked for.
+    pub fn forward(
+        &mut self,
+        segments: &mut [Segment<'_>],
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
         let hp = &self.hp;
-        // Drops what a pass that failed half-way left beyond `cached`.
         let kv_dim = hp.n_kv_head * hp.head_dim;
-        for (k, v) in &mut self.cache {
-            k.truncate(pos * kv_dim);
-            v.truncate(pos * kv_dim);
+        let q_dim = hp.n_head * hp.head_dim;
+        let (dim, pairs) = (hp.hidden, hp.angles.pairs());
+        let m: usize = segments.iter().map(|seg| seg.tokens.len()).sum();
+        if segments.iter().any(|seg| seg.tokens.is_empty()) {
+            candle_core::bail!("a segment of a forward pass has no tokens");
         }
-        let (m, dim) = (tokens.len(), hp.hidden);
         let s = &mut self.scratch;
         s.x.resize(m * dim, 0.0);
-        for (row, &token) in s.x.chunks_exact_mut(dim).zip(tokens) {
-            self.embedding.lookup(token, row)?;
+        s.cos.clear();
+        s.sin.clear();
+        let mut rows = s.x.chunks_exact_mut(dim);
+        for seg in segments.iter_mut() {
+            if seg.cache.layers.len() != self.layers.len() {
+                seg.cache
+                    .layers
+                    .resize_with(self.layers.len(), Default::default);
+                seg.cache.kv_dim = kv_dim;
+            }
+            // Drops what a pass that failed half-way left beyond `len`.
+            seg.cache.truncate(seg.cache.len);
+            for (&token, row) in seg.tokens.iter().zip(&mut rows) {
+                self.embedding.lookup(token, row)?;
+            }
+            rope_tables(hp, seg.cache.len, seg.tokens.len(), &mut s.cos, &mut s.sin);
         }
-        rope_tables(hp, pos, m, &mut s.cos, &mut s.sin);
-        for (layer, (k_cache, v_cache)) in self.layers.iter_mut().zip(&mut self.cache) {
+        for (l, layer) in self.layers.iter_mut().enumerate() {
             s.h.resize(m * dim, 0.0);
             rms_norm(&s.x, &layer.attn_norm, hp.eps, &mut s.h);
             s.qkv.resize(m * layer.qkv.out_dim(), 0.0);
             layer.qkv.forward(&s.h, m, &mut s.acts, &mut s.qkv)?;
-            let q_dim = hp.n_head * hp.head_dim;
-            for (t, row) in s.qkv.chunks_exact_mut(q_dim + 2 * kv_dim).enumerate() {
-                let pairs = hp.angles.pairs();
-                let (cos, sin) = (&s.cos[t * pairs..], &s.sin[t * pairs..]);
-                let (q, kv) = row.split_at_mut(q_dim);
-                let (k, v) = kv.split_at_mut(kv_dim);
-                rope(hp, q, cos, sin);
-                rope(hp, k, cos, sin);
-                k_cache.extend_from_slice(k);
-                v_cache.extend_from_slice(v);
+            let mut qkv_rows = s.qkv.chunks_exact_mut(q_dim + 2 * kv_dim).enumerate();
+            for seg in segments.iter_mut() {
+                let (k_cache, v_cache) = &mut seg.cache.layers[l];
+                for (t, row) in (&mut qkv_rows).take(seg.tokens.len()) {
+                    let (cos, sin) = (&s.cos[t * pairs..], &s.sin[t * pairs..]);
+                    let (q, kv) = row.split_at_mut(q_dim);
+                    let (k, v) = kv.split_at_mut(kv_dim);
+                    rope(hp, q, cos, sin);
+                    rope(hp, k, cos, sin);
+                    k_cache.extend_from_slice(k);
+                    v_cache.extend_from_slice(v);
+                }
             }
             s.attn.resize(m * q_dim, 0.0);
-            attention(hp, &s.qkv, k_cache, v_cache, pos, &mut s.attn);
+            let spans: Vec<Span<'_>> = segments
+                .iter()
+                .map(|seg| {
+                    let (k, v) = &seg.cache.layers[l];
+                    Span {
+                        rows: seg.tokens.len(),
+                        pos: seg.cache.len,
+                        k,
+                        v,
+                    }
+                })
+                .collect();
+            attention(hp, &s.qkv, &spans, &mut s.attn);
             layer.wo.forward(&s.attn, m, &mut s.acts, &mut s.h)?;
             add(&mut s.x, &s.h);
             rms_norm(&s.x, &layer.ffn_norm, hp.eps, &mut s.h);
@@ -216,15 +308,46 @@ impl CpuLlama {
             layer.down.forward(&s.act, m, &mut s.acts, &mut s.h)?;
             add(&mut s.x, &s.h);
         }
-        self.cached = pos + m;
-        // Only the last position's logits are wanted: one row, not `m`.
-        let last = &s.x[(m - 1) * dim..];
-        s.h.resize(dim, 0.0);
-        rms_norm(last, &self.norm, hp.eps, &mut s.h);
-        let mut logits = vec![0f32; self.embedding.vocab()?];
-        self.output.forward(&s.h, 1, &mut s.acts, &mut logits)?;
+        // Only the last row of each segment that asks for logits goes
+        // through the output projection.
+        let mut last = 0;
+        let mut wanted = Vec::new();
+        for seg in segments.iter_mut() {
+            seg.cache.len += seg.tokens.len();
+            last += seg.tokens.len();
+            if seg.logits {
+                wanted.push(last - 1);
+            }
+        }
+        let n = wanted.len();
+        s.h.resize(n * dim, 0.0);
+        for (out, &row) in s.h.chunks_exact_mut(dim).zip(&wanted) {
+            rms_norm(&s.x[row * dim..][..dim], &self.norm, hp.eps, out);
+        }
+        let vocab = self.embedding.vocab()?;
+        let mut logits = Vec::with_capacity(segments.len());
+        if n > 0 {
+            s.logits.resize(n * vocab, 0.0);
+            self.output.forward(&s.h, n, &mut s.acts, &mut s.logits)?;
+        }
+        let mut rows = s.logits.chunks_exact(vocab);
+        for seg in segments.iter() {
+            logits.push(match seg.logits {
+                true => rows.next().map(<[f32]>::to_vec),
+                false => None,
+            });
+        }
         Ok(logits)
     }
+}
+
+/// One sequence's rows in a pass, and its cache (its own rows included).
+pub struct Span<'a> {
+    pub rows: usize,
+    /// The position of the first row.
+    pub pos: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
 }
 
 fn add(x: &mut [f32], y: &[f32]) {
@@ -246,9 +369,8 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// Appends the angles of positions `pos..pos + m`.
 fn rope_tables(hp: &Hparams, pos: usize, m: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
-    cos.clear();
-    sin.clear();
     for p in pos..pos + m {
         match &hp.angles {
             RopeAngles::Recurrence { step, pairs } => {
@@ -334,22 +456,98 @@ mod tests {
         CpuLlama::new(hp, embedding, layers, vec![1.0; 32], output)
     }
 
+    fn run(model: &mut CpuLlama, cache: &mut KvCache, tokens: &[u32]) -> Vec<f32> {
+        let mut segments = [Segment {
+            cache,
+            tokens,
+            logits: true,
+        }];
+        model
+            .forward(&mut segments)
+            .unwrap()
+            .pop()
+            .flatten()
+            .unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(b) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
     #[test]
     fn a_cached_prefix_gives_the_logits_of_the_whole_prompt() {
         let mut model = tiny(32).unwrap();
         let tokens = [3, 14, 15, 9, 26];
-        let whole = model.forward(&tokens, 0).unwrap();
-        model.forward(&tokens[..2], 0).unwrap();
-        model.forward(&tokens[2..4], 2).unwrap();
-        let stepped = model.forward(&tokens[4..], 4).unwrap();
+        let whole = run(&mut model, &mut KvCache::default(), &tokens);
+        let mut cache = model.new_cache();
+        run(&mut model, &mut cache, &tokens[..2]);
+        run(&mut model, &mut cache, &tokens[2..4]);
+        let stepped = run(&mut model, &mut cache, &tokens[4..]);
         assert_eq!(whole.len(), 50);
-        for (a, b) in whole.iter().zip(&stepped) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-        }
-        // A gap in positions, or a token outside the vocabulary, is an error.
-        let err = model.forward(&[1], 9).unwrap_err();
-        assert!(err.to_string().contains("5 positions are cached"), "{err}");
-        assert!(model.forward(&[50], 0).is_err());
+        close(&whole, &stepped);
+        // A copied prefix serves as well as a computed one.
+        let mut copy = model.new_cache();
+        copy.copy_prefix(&cache, 3);
+        assert_eq!(copy.len(), 3);
+        close(&whole, &run(&mut model, &mut copy, &tokens[3..]));
+        // A token outside the vocabulary is an error, and the cache is
+        // left as it was.
+        let mut segments = [Segment {
+            cache: &mut cache,
+            tokens: &[50],
+            logits: true,
+        }];
+        assert!(model.forward(&mut segments).is_err());
+        assert_eq!(cache.len(), 5);
+    }
+
+    #[test]
+    fn sequences_in_one_pass_get_the_logits_each_gets_alone() {
+        let mut model = tiny(32).unwrap();
+        let prompts: [&[u32]; 3] = [&[3, 14, 15, 9], &[2, 7], &[1, 8, 2, 8, 1, 8]];
+        let alone: Vec<Vec<f32>> = prompts
+            .iter()
+            .map(|p| run(&mut model, &mut KvCache::default(), p))
+            .collect();
+        // The first two decode their last token, the third prefills in one
+        // go, beside a chunk that wants no logits.
+        let mut caches: Vec<KvCache> = (0..4).map(|_| model.new_cache()).collect();
+        run(&mut model, &mut caches[0], &prompts[0][..3]);
+        run(&mut model, &mut caches[1], &prompts[1][..1]);
+        let [a, b, c, d] = &mut caches[..] else {
+            unreachable!()
+        };
+        let mut segments = [
+            Segment {
+                cache: a,
+                tokens: &prompts[0][3..],
+                logits: true,
+            },
+            Segment {
+                cache: b,
+                tokens: &prompts[1][1..],
+                logits: true,
+            },
+            Segment {
+                cache: d,
+                tokens: &[5, 6, 7],
+                logits: false,
+            },
+            Segment {
+                cache: c,
+                tokens: prompts[2],
+                logits: true,
+            },
+        ];
+        let batched = model.forward(&mut segments).unwrap();
+        assert!(batched[2].is_none());
+        close(&alone[0], batched[0].as_ref().unwrap());
+        close(&alone[1], batched[1].as_ref().unwrap());
+        close(&alone[2], batched[3].as_ref().unwrap());
+        assert_eq!(caches[3].len(), 3);
     }
 
     #[test]

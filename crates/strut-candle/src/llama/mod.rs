@@ -1,8 +1,9 @@
 //! Llama-family weights behind one interface. On the CPU, GGUF files and
 //! safetensors checkpoints both run our own forward pass (`cpu`), with
 //! quantized products from `strut_kernels`; elsewhere candle's
-//! `quantized_llama` and `llama` do. Each keeps its KV cache inside and
-//! restarts it at position 0.
+//! `quantized_llama` and `llama` do. The KV cache belongs to each sequence
+//! ([`SeqState`]), not to the weights, so the scheduler runs many sequences
+//! over one copy of the weights.
 
 mod attention;
 mod build;
@@ -23,6 +24,8 @@ use crate::loader;
 use crate::tokenizer_gguf::{special_id, tokenizer_from_gguf};
 use crate::weights::Resolved;
 
+pub use cpu::KvCache;
+
 pub enum LlamaWeights {
     Cpu(Box<cpu::CpuLlama>),
     /// GGUF on a GPU, and mixtures of experts.
@@ -31,38 +34,128 @@ pub enum LlamaWeights {
     Full {
         model: Box<llama::Llama>,
         fresh: Box<llama::Cache>,
-        cache: Box<llama::Cache>,
     },
 }
 
+/// What one sequence keeps between passes: its KV cache, in the form the
+/// weights that serve it use.
+pub struct SeqState {
+    cache: SeqCache,
+    len: usize,
+}
+
+enum SeqCache {
+    Cpu(KvCache),
+    /// candle's quantized Llama keeps its cache inside the model: a clone
+    /// per sequence shares the weights (reference-counted tensors) and owns
+    /// its cache.
+    Quantized(Box<quantized_llama::ModelWeights>),
+    Full(Box<llama::Cache>),
+}
+
+impl SeqState {
+    /// Positions in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Starts this (empty) sequence from the first `len` positions of a
+    /// cached one; false where the weights keep caches that cannot be cut.
+    pub fn reuse_prefix(&mut self, from: &KvCache, len: usize) -> bool {
+        match &mut self.cache {
+            SeqCache::Cpu(cache) => {
+                cache.copy_prefix(from, len);
+                self.len = cache.len();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The CPU cache, cut to `len` positions, for the prefix cache.
+    pub fn into_cpu(self, len: usize) -> Option<KvCache> {
+        match self.cache {
+            SeqCache::Cpu(mut cache) => {
+                cache.truncate(len);
+                Some(cache)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One sequence's tokens in a pass, at positions `state.len()..`.
+pub struct Step<'a> {
+    pub state: &'a mut SeqState,
+    pub tokens: &'a [u32],
+    pub logits: bool,
+}
+
 impl LlamaWeights {
-    /// Logits for the token after `tokens`, which start at position `pos`
-    /// (0 restarts the KV cache).
+    pub fn new_state(&self) -> SeqState {
+        let cache = match self {
+            LlamaWeights::Cpu(model) => SeqCache::Cpu(model.new_cache()),
+            LlamaWeights::Quantized(model) => SeqCache::Quantized(model.clone()),
+            LlamaWeights::Full { fresh, .. } => SeqCache::Full(fresh.clone()),
+        };
+        SeqState { cache, len: 0 }
+    }
+
+    /// Bytes of KV memory per position, where the weights say.
+    pub fn kv_bytes_per_token(&self) -> Option<usize> {
+        match self {
+            LlamaWeights::Cpu(model) => Some(model.kv_bytes_per_token()),
+            _ => None,
+        }
+    }
+
+    /// One pass over several sequences: on the CPU a single batched
+    /// forward; candle's GPU models take the sequences one after another.
+    /// Per step, the logits after its last token where asked for.
     pub fn forward(
         &mut self,
-        tokens: &[u32],
-        pos: usize,
+        steps: &mut [Step<'_>],
         device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let input = || Tensor::new(tokens, device)?.unsqueeze(0);
-        match self {
-            LlamaWeights::Cpu(model) => {
-                let logits = model.forward(tokens, pos)?;
-                let n = logits.len();
-                Tensor::from_vec(logits, n, device)
+    ) -> candle_core::Result<Vec<Option<Vec<f32>>>> {
+        if let LlamaWeights::Cpu(model) = self {
+            let mut segments = Vec::with_capacity(steps.len());
+            for step in steps.iter_mut() {
+                let SeqCache::Cpu(cache) = &mut step.state.cache else {
+                    candle_core::bail!("a sequence started on other weights");
+                };
+                segments.push(cpu::Segment {
+                    cache,
+                    tokens: step.tokens,
+                    logits: step.logits,
+                });
             }
-            LlamaWeights::Quantized(model) => model.forward(&input()?, pos)?.squeeze(0),
-            LlamaWeights::Full {
-                model,
-                fresh,
-                cache,
-            } => {
-                if pos == 0 {
-                    **cache = (**fresh).clone();
-                }
-                model.forward(&input()?, pos, cache)?.squeeze(0)
+            let logits = model.forward(&mut segments)?;
+            drop(segments);
+            for step in steps.iter_mut() {
+                step.state.len += step.tokens.len();
             }
+            return Ok(logits);
         }
+        let mut out = Vec::with_capacity(steps.len());
+        for step in steps.iter_mut() {
+            let input = Tensor::new(step.tokens, device)?.unsqueeze(0)?;
+            let pos = step.state.len;
+            let logits = match (&*self, &mut step.state.cache) {
+                (LlamaWeights::Quantized(_), SeqCache::Quantized(model)) => {
+                    model.forward(&input, pos)?
+                }
+                (LlamaWeights::Full { model, .. }, SeqCache::Full(cache)) => {
+                    model.forward(&input, pos, cache)?
+                }
+                _ => candle_core::bail!("a sequence started on other weights"),
+            };
+            step.state.len += step.tokens.len();
+            out.push(match step.logits {
+                true => Some(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?),
+                false => None,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -243,7 +336,6 @@ fn load_safetensors(
             .map_err(crate::internal("allocating the KV cache"))?;
         LlamaWeights::Full {
             model: Box::new(model),
-            cache: Box::new(fresh.clone()),
             fresh: Box::new(fresh),
         }
     };

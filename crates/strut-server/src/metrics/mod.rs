@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 use crate::AppState;
 
 mod model;
+mod scheduler;
 pub use model::ModelTelemetry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +75,7 @@ pub struct Metrics {
     pub generated_tokens: Family<DeploymentLabels, Counter>,
     pub tokens_per_second: Histograms<DeploymentLabels>,
     pub time_to_first_token: Histograms<DeploymentLabels>,
+    pub scheduler: scheduler::SchedulerFamilies,
 }
 
 /// Requests per forward pass: 1 to 512.
@@ -108,6 +110,7 @@ impl Metrics {
             generated_tokens: Family::default(),
             tokens_per_second: Family::new_with_constructor(token_rates),
             time_to_first_token: Family::new_with_constructor(latency),
+            scheduler: scheduler::SchedulerFamilies::new(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -5,9 +5,10 @@ use std::sync::OnceLock;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use strut_model::{GenerationStats, TelemetrySink};
+use strut_model::{GenerationStats, SchedulerStep, TelemetrySink};
 
 use super::Metrics;
+use super::scheduler::SchedulerSeries;
 
 /// Created with the deployment, bound to a registry when the deployment joins
 /// a server. Reports made before that (there are none in practice: loading
@@ -22,6 +23,7 @@ struct Bound {
     generated_tokens: Counter,
     tokens_per_second: Histogram,
     time_to_first_token: Histogram,
+    scheduler: SchedulerSeries,
 }
 
 impl ModelTelemetry {
@@ -33,6 +35,7 @@ impl ModelTelemetry {
             generated_tokens: metrics.generated_tokens.get_or_create(&labels).clone(),
             tokens_per_second: metrics.tokens_per_second.get_or_create(&labels).clone(),
             time_to_first_token: metrics.time_to_first_token.get_or_create(&labels).clone(),
+            scheduler: metrics.scheduler.bind(&labels),
         });
     }
 }
@@ -55,6 +58,18 @@ impl TelemetrySink for ModelTelemetry {
         }
         if let Some(rate) = stats.decode_tokens_per_second() {
             m.tokens_per_second.observe(rate);
+        }
+    }
+
+    fn scheduler_step(&self, step: &SchedulerStep) {
+        if let Some(m) = self.0.get() {
+            m.scheduler.step(step);
+        }
+    }
+
+    fn prefix_lookup(&self, prompt_tokens: usize, reused: usize) {
+        if let Some(m) = self.0.get() {
+            m.scheduler.prefix_lookup(prompt_tokens, reused);
         }
     }
 }
