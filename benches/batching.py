@@ -5,6 +5,7 @@ both up at once and measured in turns, in one run.
     python3 benches/batching.py [--concurrency 1 4 8 16] [--requests 16] [--slots 16]
                                 [--prompt-tokens 100] [--output-tokens 128]
     python3 benches/batching.py --prefix [--requests 32]   # the prefix-cache benchmark
+    python3 benches/batching.py --base-binary OLD/strut    # and another build, in the same turns
 
 Both servers get streamed `/v1/completions` requests with `ignore_eos`, greedy,
 `max_tokens` 128 and prompts of about 100 tokens that differ from their first
@@ -115,10 +116,11 @@ def urllib_open(url):
     return urllib.request.urlopen(url, timeout=10)
 
 
-def strut_server(model_dir, overrides=None):
-    binary = os.path.join(ROOT, "target", "release", "strut")
-    if not os.path.exists(binary):
-        subprocess.run(["cargo", "build", "--release", "-p", "strut"], cwd=ROOT, check=True)
+def strut_server(model_dir, overrides=None, binary=None, name="strut"):
+    if binary is None:
+        binary = os.path.join(ROOT, "target", "release", "strut")
+        if not os.path.exists(binary):
+            subprocess.run(["cargo", "build", "--release", "-p", "strut"], cwd=ROOT, check=True)
     if overrides:
         tmp = tempfile.mkdtemp(prefix="bench-model-")
         text = open(os.path.join(model_dir, "config.yaml")).read()
@@ -127,7 +129,7 @@ def strut_server(model_dir, overrides=None):
         open(os.path.join(tmp, "config.yaml"), "w").write(text)
         model_dir = tmp
     port = free_port()
-    name = "strut" + "".join(f" {k}={v}" for k, v in (overrides or {}).items())
+    name += "".join(f" {k}={v}" for k, v in (overrides or {}).items())
     return Server(name, [binary, "serve", model_dir, "--host", "127.0.0.1", "--port", str(port)],
                   port, "/v2/health/ready")
 
@@ -150,18 +152,23 @@ def row(name, c, r):
 
 def batching(args):
     strut = strut_server(os.path.join(ROOT, "models", "smollm2"))
+    servers = [strut]
+    if args.base_binary:
+        servers.append(strut_server(os.path.join(ROOT, "models", "smollm2"),
+                                    binary=args.base_binary, name="strut-base"))
     llama = llama_server(args.slots, args.prompt_tokens + args.output_tokens + 128)
+    servers.append(llama)
     # Every request of the run gets a prompt no server has seen.
     total = 2 + sum(max(args.requests, c * 2) for c in args.concurrency)
     prompts = [prompt(i, args.prompt_tokens * 2 // 3) for i in range(total)]
     results, failed, used = {}, False, 2
     try:
-        for s in (strut, llama):  # warm-up: first-touch of weights and buffers
+        for s in servers:  # warm-up: first-touch of weights and buffers
             level(s.port, s.model, 2, 2, prompts, 8)
         for c in args.concurrency:
             n = max(args.requests, c * 2)
             batch, used = prompts[used:used + n], used + n
-            for s in (strut, llama):
+            for s in servers:
                 r = level(s.port, s.model, c, n, batch, args.output_tokens)
                 results[(s.name, c)] = r
                 print(row(s.name, c, r), flush=True)
@@ -169,13 +176,13 @@ def batching(args):
                     print(f"  {s.name}: {r['errors']} errors {r['first_error']}, min tokens {r['min_tokens']}")
                     failed = True
     finally:
-        strut.stop()
-        llama.stop()
+        for s in servers:
+            s.stop()
     print("\n| server | concurrency | output tok/s | TTFT p50 / p99 | TPOT p50 / p99 | errors |")
     print("|---|---|---|---|---|---|")
     for c in args.concurrency:
-        for name in ("strut", "llama-server"):
-            print(row(name, c, results[(name, c)]))
+        for s in servers:
+            print(row(s.name, c, results[(s.name, c)]))
     base = results[("strut", args.concurrency[0])]
     print()
     for c in args.concurrency:
@@ -183,6 +190,10 @@ def batching(args):
         print(f"c={c}: strut/llama-server tok/s {s['tok_s'] / l['tok_s']:.2f}x; strut tok/s vs "
               f"c={args.concurrency[0]} {s['tok_s'] / base['tok_s']:.2f}x; TTFT p50 vs c={args.concurrency[0]} "
               f"{s['ttft_p50'] / base['ttft_p50']:.2f}x")
+        if args.base_binary:
+            b = results[("strut-base", c)]
+            print(f"     strut/strut-base tok/s {s['tok_s'] / b['tok_s']:.2f}x, "
+                  f"TTFT p50 {s['ttft_p50'] / b['ttft_p50']:.2f}x")
     return 1 if failed else 0
 
 
@@ -219,6 +230,7 @@ def main():
     p.add_argument("--prompt-tokens", type=int, default=100)
     p.add_argument("--output-tokens", type=int, default=128)
     p.add_argument("--prefix", action="store_true")
+    p.add_argument("--base-binary", help="another strut binary, measured in the same turns (A/B)")
     args = p.parse_args()
     if args.prefix and args.requests == 16:
         args.requests = 32
