@@ -420,3 +420,42 @@ async fn a_full_async_queue_answers_429() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_that_stops_when_canceled_ends_canceled_with_its_webhook() {
+    // The built-in Stream model ends its stream early, without an error,
+    // when its request is cancelled: the request must still end CANCELED.
+    let probe = Probe::new();
+    let receiver = Receiver::start().await;
+    let (server, _deployment, _dir) =
+        serve_async(common::spec("Stream", 1), &probe, settings()).await;
+    let id = submit(
+        &server.url,
+        "/async_predict",
+        json!({"model_input": {"n": 3, "delay_ms": 2000}, "webhook_endpoint": receiver.url}),
+    )
+    .await;
+    wait_status(&server.url, &id, |b| b["status"] == "IN_PROGRESS").await;
+    let response = client()
+        .delete(format!("{}/async_request/{id}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body = wait_status(&server.url, &id, terminal).await;
+    assert_eq!(body["status"], "CANCELED", "{body:#}");
+    assert_eq!(body["errors"][0]["code"], "CANCELED", "{body:#}");
+    let delivered = receiver
+        .wait_for("the cancel webhook", |d| {
+            d.iter().any(|d| d.body["request_id"] == id.as_str())
+        })
+        .await;
+    let payload = &delivered
+        .iter()
+        .find(|d| d.body["request_id"] == id.as_str())
+        .unwrap()
+        .body;
+    assert_eq!(payload["errors"][0]["code"], "CANCELED", "{payload:#}");
+    assert_eq!(payload["data"], Value::Null, "{payload:#}");
+    server.stop().await.unwrap();
+}

@@ -167,19 +167,22 @@ async fn run(
     let result = work.instrument(span.clone()).await;
     let logs = running.capture.lines();
     let outcome = match result {
-        Ok(output) => Outcome {
-            status: Status::Succeeded,
-            output: Some(output),
-            errors: Vec::new(),
-            logs,
-        },
-        Err(_) if running.was_canceled() => Outcome {
+        // A canceled request ends CANCELED even when the model took the
+        // cancellation as the end of its stream and returned what it had:
+        // the cancel was accepted, so that is what the caller was told.
+        _ if running.was_canceled() => Outcome {
             status: Status::Canceled,
             output: None,
             errors: vec![ErrorEntry::new(
                 "CANCELED",
                 "the request was canceled while it ran",
             )],
+            logs,
+        },
+        Ok(output) => Outcome {
+            status: Status::Succeeded,
+            output: Some(output),
+            errors: Vec::new(),
             logs,
         },
         Err(ApiError::Cancelled) if queue.stop.is_cancelled() => {
