@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use strut_server::Limits;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{self, Probe, body_bytes, body_json, post_json, ready_router, send};
 
@@ -190,6 +191,25 @@ async fn oversized_bodies_get_413() {
     assert!(body["error"].as_str().unwrap().contains("1024 bytes"));
     let response = send(&router, post_json("/predict", r#"{"x": "small"}"#)).await;
     assert_eq!(response.status(), StatusCode::OK);
+
+    // Over a real socket: a declared length over the limit gets its 413 at
+    // once, though not one byte of the body was sent.
+    let running = common::serve(server).await;
+    let addr = running.url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut head))
+        .await
+        .expect("413 before the body was sent")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("payload_too_large"), "{head}");
+    running.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -134,6 +134,11 @@ pub async fn read_input(
 
 /// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    // A declared Content-Length over the limit is refused before a byte of
+    // the body is read (the connection is then closed, not drained).
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
     axum::body::to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
             ApiError::PayloadTooLarge { limit }
