@@ -64,7 +64,7 @@ pub fn embed_texts(input: &Value) -> Result<Vec<String>, ModelError> {
     }
 }
 
-const GENERATE_FIELDS: [&str; 11] = [
+const GENERATE_FIELDS: [&str; 12] = [
     "prompt",
     "messages",
     "max_tokens",
@@ -75,6 +75,7 @@ const GENERATE_FIELDS: [&str; 11] = [
     "seed",
     "stop",
     "ignore_eos",
+    "min_tokens",
     "stream",
 ];
 
@@ -148,6 +149,9 @@ pub fn generate_request(input: &Value) -> Result<(GenerateRequest, bool), ModelE
     }
     params.seed = uint("seed")?;
     params.ignore_eos = boolean("ignore_eos")?.unwrap_or(false);
+    if let Some(m) = uint("min_tokens")? {
+        params.min_tokens = u32::try_from(m).unwrap_or(u32::MAX);
+    }
     params.stop = match map.get("stop") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s.clone()],

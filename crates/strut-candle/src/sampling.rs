@@ -32,6 +32,14 @@ pub fn validate(params: &SamplingParams) -> Result<(), ModelError> {
             params.repetition_penalty
         ));
     }
+    if let Some(max) = params.max_tokens
+        && params.min_tokens > max
+    {
+        return bad(format!(
+            "min_tokens ({}) must not exceed max_tokens ({max})",
+            params.min_tokens
+        ));
+    }
     if params.stop.iter().any(String::is_empty) {
         return bad("stop sequences must not be empty strings".into());
     }

@@ -410,3 +410,38 @@ async fn cancelling_a_request_stops_its_generation() {
         .unwrap();
     assert_eq!(out["usage"]["completion_tokens"], 2);
 }
+
+#[tokio::test]
+async fn min_tokens_holds_off_the_end_of_sequence() {
+    let model = smollm(json!({}));
+    let ask = |extra: Value| {
+        let mut body = json!({"prompt": chatml("What is the capital of France?"), "temperature": 0, "max_tokens": 40});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let free = predict_json(model.as_ref(), ask(json!({}))).await.unwrap();
+    let short = free["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(free["finish_reason"], "stop");
+    assert!(short < 20, "{free}");
+    let held = predict_json(model.as_ref(), ask(json!({"min_tokens": 20})))
+        .await
+        .unwrap();
+    assert!(
+        held["usage"]["completion_tokens"].as_u64().unwrap() >= 20,
+        "{held}"
+    );
+    assert!(
+        held["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(free["text"].as_str().unwrap()),
+        "{held} vs {free}"
+    );
+    let err = predict_json(model.as_ref(), ask(json!({"min_tokens": 41})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.message().contains("min_tokens"), "{}", err.message());
+}

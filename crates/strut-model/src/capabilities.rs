@@ -41,6 +41,10 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks need exact lengths).
     pub ignore_eos: bool,
+    /// No end-of-sequence token before this many tokens (vLLM's
+    /// `min_tokens`): the model's end tokens are masked until then. Stop
+    /// sequences still apply.
+    pub min_tokens: u32,
 }
 
 impl Default for SamplingParams {
@@ -54,6 +58,7 @@ impl Default for SamplingParams {
             seed: None,
             stop: Vec::new(),
             ignore_eos: false,
+            min_tokens: 0,
         }
     }
 }

@@ -98,6 +98,15 @@ impl<'t> Sequence<'t> {
         logits: Vec<f32>,
         eos_ids: &BTreeSet<u32>,
     ) -> Result<Option<FinishReason>, ModelError> {
+        let params = &self.job.request.params;
+        let mut logits = logits;
+        if !params.ignore_eos && (self.generated as u64) < u64::from(params.min_tokens) {
+            for &id in eos_ids {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         let n = logits.len();
         let logits =
             Tensor::from_vec(logits, n, &Device::Cpu).map_err(crate::internal("logits"))?;

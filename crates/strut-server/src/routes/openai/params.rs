@@ -8,6 +8,9 @@ use strut_model::capabilities::SamplingParams;
 use super::fields::{Fields, invalid, unsupported};
 use crate::ApiError;
 
+/// OpenAI's limit on stop sequences.
+const MAX_STOP: usize = 4;
+
 pub(super) struct Options {
     pub model: Option<String>,
     pub params: SamplingParams,
@@ -64,11 +67,17 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
     params.ignore_eos = fields
         .take::<bool>("ignore_eos", "true or false")?
         .unwrap_or(false);
-    // vLLM's extensions, which clients written for it send.
-    params.top_k = fields
-        .take::<i64>("top_k", "an integer")?
-        .and_then(|k| u32::try_from(k).ok())
-        .filter(|&k| k > 0);
+    // vLLM's extensions, which clients written for it send: top_k -1 or 0
+    // is no limit.
+    params.top_k = match fields.take::<i64>("top_k", "an integer")? {
+        Some(k) if k < -1 => {
+            return Err(invalid(
+                "top_k",
+                format!("`top_k` must be -1 or 0 (no limit) or a positive integer, got {k}"),
+            ));
+        }
+        k => k.and_then(|k| u32::try_from(k).ok()).filter(|&k| k > 0),
+    };
     if let Some(r) = fields.take::<f32>("repetition_penalty", "a positive number")? {
         if !(r.is_finite() && r > 0.0) {
             return Err(invalid(
@@ -78,14 +87,14 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         }
         params.repetition_penalty = r;
     }
-    if fields
-        .take::<u64>("min_tokens", "a non-negative integer")?
-        .is_some_and(|m| m > 0)
-    {
-        return Err(unsupported(
-            "min_tokens",
-            "`min_tokens` is not supported; for an exact length send `max_tokens` with `ignore_eos: true`",
-        ));
+    if let Some(m) = fields.take::<u32>("min_tokens", "a non-negative integer")? {
+        if params.max_tokens.is_some_and(|max| m > max) {
+            return Err(invalid(
+                "min_tokens",
+                format!("`min_tokens` ({m}) must not exceed the maximum number of tokens"),
+            ));
+        }
+        params.min_tokens = m;
     }
     let stream = fields
         .take::<bool>("stream", "true or false")?
@@ -153,6 +162,15 @@ fn stop(fields: &mut Fields) -> Result<Vec<String>, ApiError> {
     if stops.iter().any(String::is_empty) {
         return Err(invalid("stop", "`stop` sequences must not be empty"));
     }
+    if stops.len() > MAX_STOP {
+        return Err(invalid(
+            "stop",
+            format!(
+                "`stop` takes at most {MAX_STOP} sequences, got {}",
+                stops.len()
+            ),
+        ));
+    }
     Ok(stops)
 }
 
@@ -216,7 +234,9 @@ mod tests {
                 json!({"stream": true, "stream_options": {"other": 1}}),
                 "stream_options",
             ),
-            (json!({"min_tokens": 3}), "min_tokens"),
+            (json!({"min_tokens": 3, "max_tokens": 2}), "min_tokens"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"top_k": -5}), "top_k"),
         ];
         for (body, expected) in cases {
             match options(body.clone()) {
