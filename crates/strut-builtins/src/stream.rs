@@ -34,6 +34,13 @@ fn default_prefix() -> String {
 
 impl Model for Stream {
     fn predict(&self, input: Value, ctx: &RequestContext) -> Result<Output, ModelError> {
+        // serde would read a struct from an array too (`[1, 2]` as n and
+        // delay_ms): only the documented shape is accepted.
+        if !input.is_object() {
+            return Err(ModelError::invalid_input(
+                r#"the input must be an object such as {"n": 5, "delay_ms": 100}"#,
+            ));
+        }
         let input: StreamInput = serde_json::from_value(input)
             .map_err(|e| ModelError::invalid_input(format!("invalid input: {e}")))?;
         if input.n > Self::MAX_CHUNKS {
@@ -100,6 +107,10 @@ mod tests {
     #[test]
     fn rejects_unknown_fields_and_large_n() {
         let ctx = RequestContext::detached("r");
+        for shape in [json!([1, 2]), json!(3), json!("n")] {
+            let err = Stream.predict(shape.clone(), &ctx).unwrap_err();
+            assert!(err.message().contains("must be an object"), "{shape}");
+        }
         let err = Stream.predict(json!({"count": 3}), &ctx).unwrap_err();
         assert!(
             err.message().contains("unknown field `count`"),
