@@ -57,6 +57,23 @@ fn init_scaffolds_a_model_that_validates_without_warnings() {
 
     // A second init into the same directory refuses to overwrite it.
     assert!(!strut(&["init", "my-model"], tmp.path()).status.success());
+
+    // Names that are not model names (nor safe directory names) are refused
+    // before anything is written.
+    for bad in ["bad name", "x&y", ".hidden", "semi;colon", &"x".repeat(65)] {
+        let out = strut(&["init", bad], tmp.path());
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a valid model name"), "{bad}: {err}");
+        assert!(!tmp.path().join(bad).exists(), "{bad}");
+    }
+    // A path is fine: its last part is the name.
+    let nested = strut(&["init", "models/ok.v2_x"], tmp.path());
+    assert!(
+        nested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nested.stderr)
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .filter(|n| !n.is_empty())
         .context("NAME must name a directory")?;
+    check_name(model_name)?;
     if dir.exists()
         && fs::read_dir(dir)
             .map(|mut d| d.next().is_some())
@@ -65,6 +66,23 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     println!("Created {}/ with config.yaml and data/.", dir.display());
     println!("  strut config validate {}", dir.display());
     println!("  strut serve {}", dir.display());
+    Ok(())
+}
+
+/// A model name that is also a safe directory name everywhere: 1 to 64
+/// ASCII letters, digits, `-`, `_` and `.`, starting with a letter or digit
+/// (so no hidden directory, no `..`, no spaces or shell characters).
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    let chars_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !(starts_well && chars_ok && name.len() <= 64) {
+        bail!(
+            "`{name}` is not a valid model name: use 1 to 64 letters, digits, `-`, `_` or `.`, \
+             starting with a letter or digit"
+        );
+    }
     Ok(())
 }
 
