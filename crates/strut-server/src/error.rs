@@ -313,10 +313,21 @@ impl ApiError {
     /// the request id.
     pub fn log(&self) {
         let status = self.status();
-        if status.is_server_error() {
+        if self.log_level() == tracing::Level::ERROR {
             tracing::error!(code = self.code(), status = status.as_u16(), "{self}");
         } else {
             tracing::debug!(code = self.code(), status = status.as_u16(), "{self}");
+        }
+    }
+
+    /// Server-side failures are errors; a model still loading is expected
+    /// (every readiness probe during a load gets that 503, and the load logs
+    /// its own progress), as are the client's own mistakes.
+    fn log_level(&self) -> tracing::Level {
+        match self {
+            ApiError::NotReady(_) => tracing::Level::DEBUG,
+            _ if self.status().is_server_error() => tracing::Level::ERROR,
+            _ => tracing::Level::DEBUG,
         }
     }
 }
@@ -408,5 +419,16 @@ mod tests {
         );
         let err = ApiError::from(ModelError::with_status(200, "fine?"));
         assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_model_still_loading_is_not_logged_as_an_error() {
+        let loading = ApiError::from(ModelError::new(ErrorKind::NotReady, "loading"));
+        assert_eq!(loading.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(loading.log_level(), tracing::Level::DEBUG);
+        let broken = ApiError::from(ModelError::internal("boom"));
+        assert_eq!(broken.log_level(), tracing::Level::ERROR);
+        let bad = ApiError::InvalidInput("no".into());
+        assert_eq!(bad.log_level(), tracing::Level::DEBUG);
     }
 }
