@@ -213,6 +213,26 @@ async fn oversized_bodies_get_413() {
 }
 
 #[tokio::test]
+async fn a_wrong_method_gets_405_json_with_allow() {
+    let router = ready_router("Echo", &Probe::new()).await;
+    for (method, path) in [("GET", "/predict"), ("DELETE", "/v1/chat/completions")] {
+        let response = send(
+            &router,
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(allow.contains("POST"), "{path}: {allow}");
+        let body = assert_error(response, 405, "method_not_allowed", "700").await;
+        assert!(body["error"].as_str().unwrap().contains(method), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_and_environments_get_404_json() {
     let router = ready_router("Echo", &Probe::new()).await;
     let response = send(&router, post_json("/nope", "{}")).await;

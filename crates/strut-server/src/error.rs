@@ -98,6 +98,8 @@ pub enum ApiError {
     PredictionIdMismatch { path: String, body: String },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     #[error("server error: {0}")]
     Internal(String),
     /// KServe's wording, which its clients match on.
@@ -182,6 +184,11 @@ impl ApiError {
             BinaryStream => (StatusCode::NOT_ACCEPTABLE, "binary_stream", TRUSS_CLIENT),
             UnknownEnvironment(_) => (StatusCode::NOT_FOUND, "environment_not_found", TRUSS_CLIENT),
             NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found", TRUSS_CLIENT),
+            MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                TRUSS_CLIENT,
+            ),
             EmptyEnvironment(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "environment_empty",

@@ -27,11 +27,21 @@ pub fn router(state: AppState) -> Router {
         .merge(kserve::routes())
         .route("/metrics", get(metrics::scrape))
         .fallback(no_route)
+        // axum adds `Allow` to what this answers.
+        .method_not_allowed_fallback(wrong_method)
         // Request ids, panics and request metrics, in one layer: see
         // `RequestLayer`. Metrics count routed requests only, by route
         // template, which keeps the label values bounded.
         .layer(RequestLayer::new(state.clone()))
         .with_state(state)
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> Response {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+    .into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
