@@ -175,6 +175,13 @@ async fn the_models_report_batches_and_tokens_to_the_metrics() {
     // The scheduler: one prefill step and four decode steps, nothing left
     // running, the budget from config.yaml, the prompt looked up once.
     let at = |name: &'static str| deployment_sample(&router, name, id);
+    // The last step reports after it sent the reply's last token.
+    for _ in 0..100 {
+        if at("strut_batch_step_duration_seconds_count").await == 5.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(at("strut_batch_step_duration_seconds_count").await, 5.0);
     assert_eq!(at("strut_batch_running_sequences").await, 0.0);
     assert_eq!(at("strut_kv_cache_budget_tokens").await, 16384.0);

@@ -12,6 +12,7 @@ mod cli;
 mod cog_api;
 mod common;
 mod config_cli;
+mod connections;
 mod container;
 mod deploy_cli;
 mod deployments;

@@ -142,10 +142,24 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {
         if is_length_limit(&err) {
             ApiError::PayloadTooLarge { limit }
+        } else if let Some(idle) = find::<crate::listen::BodyIdle>(&err) {
+            ApiError::BodyTimeout(idle.0)
         } else {
             ApiError::InvalidInput(format!("could not read the request body: {err}"))
         }
     })
+}
+
+/// The first error of type `E` in `err`'s chain.
+fn find<E: std::error::Error + 'static>(err: &axum::Error) -> Option<&E> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 fn is_length_limit(err: &axum::Error) -> bool {

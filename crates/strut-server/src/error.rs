@@ -26,6 +26,8 @@ pub enum ApiError {
     EmptyBody,
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body stopped arriving: nothing for {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     InvalidInput(String),
     #[error("Model with name {0} is not ready.")]
@@ -150,6 +152,7 @@ impl ApiError {
                 "payload_too_large",
                 TRUSS_CLIENT,
             ),
+            BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout", TRUSS_CLIENT),
             InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input", TRUSS_CLIENT),
             NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

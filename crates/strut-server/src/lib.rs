@@ -8,6 +8,7 @@ mod codec;
 mod control;
 mod deployment;
 mod error;
+mod listen;
 mod metrics;
 mod pipeline;
 mod queue;
@@ -22,7 +23,7 @@ mod state;
 mod streaming;
 mod target;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -151,11 +152,13 @@ impl Server {
     ) -> Result<(), ServeError> {
         let stop = CancellationToken::new();
         let app = self.router();
-        let mut server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let limits = self.state.limits();
+        let conn = listen::ConnLimits {
+            header_read_timeout: limits.header_read_timeout,
+            body_idle_timeout: limits.body_idle_timeout,
+            max_header_bytes: limits.max_header_bytes,
+        };
+        let mut server = tokio::spawn(listen::serve(listener, app, conn, stop.clone()));
         // Only what loads at startup can end serving: a pushed deployment that
         // fails to load is refused promotion instead.
         let starting = self
@@ -167,7 +170,7 @@ impl Server {
         let load_failure = first_load_failure(starting);
         let result = tokio::select! {
             finished = &mut server => {
-                return finished.map_err(|e| ServeError::Io(std::io::Error::other(e)))?.map_err(Into::into);
+                return finished.map_err(|e| ServeError::Io(std::io::Error::other(e)));
             }
             () = shutdown => {
                 tracing::info!("shutdown requested; draining in-flight requests");

@@ -31,6 +31,13 @@ pub struct Limits {
     pub health_check_timeout: Duration,
     /// How long a push or promotion waits for its deployment to load.
     pub deploy_wait: Duration,
+    /// A request's headers must arrive within this; it also closes a
+    /// keep-alive connection left idle that long.
+    pub header_read_timeout: Duration,
+    /// Longest pause in a request body before 408.
+    pub body_idle_timeout: Duration,
+    /// Largest request head (request line and headers); 431 above it.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +51,9 @@ impl Default for Limits {
             load_retry_delay: Duration::from_secs(1),
             health_check_timeout: Duration::from_secs(5),
             deploy_wait: Duration::from_secs(600),
+            header_read_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -63,6 +73,16 @@ pub struct Settings {
     /// Largest request body in bytes (413 above it).
     #[arg(long, env = "STRUT_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers; also how long an
+    /// idle keep-alive connection stays open.
+    #[arg(long, env = "STRUT_HEADER_READ_TIMEOUT", default_value_t = Limits::default().header_read_timeout.as_secs())]
+    pub header_read_timeout: u64,
+    /// Longest pause, in seconds, while a request body is sent (408 past it).
+    #[arg(long, env = "STRUT_BODY_IDLE_TIMEOUT", default_value_t = Limits::default().body_idle_timeout.as_secs())]
+    pub body_idle_timeout: u64,
+    /// Largest request line plus headers in bytes (431 above it).
+    #[arg(long, env = "STRUT_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    pub max_header_bytes: usize,
     /// Seconds SIGTERM waits for in-flight requests and streams.
     #[arg(long, env = "STRUT_GRACE_PERIOD", default_value_t = Limits::default().grace_period.as_secs())]
     pub grace_period: u64,
@@ -182,6 +202,9 @@ impl Settings {
             load_retries: self.load_retries,
             load_retry_delay: Duration::from_millis(self.load_retry_delay_ms),
             deploy_wait: Duration::from_secs(self.deploy_wait),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout),
+            max_header_bytes: self.max_header_bytes,
             ..Limits::default()
         }
     }
