@@ -52,6 +52,31 @@ async fn sync_predictions_have_cogs_shape_with_logs_and_metrics() {
     let (status, body) = post(&url, json!({"input": {"fail": "input"}})).await;
     assert_eq!((status, body["status"].as_str()), (422, Some("failed")));
     assert_eq!(body["error"], "field `x` must be positive");
+    // A body whose fields have the wrong type: 422 in pydantic's shape,
+    // sync or async, naming the field.
+    for (bad, field) in [
+        (json!({"input": "text"}), "input"),
+        (json!({"input": [1, 2]}), "input"),
+        (json!({"input": {}, "webhook": 7}), "webhook"),
+        (
+            json!({"input": {}, "webhook_events_filter": ["never"]}),
+            "webhook_events_filter",
+        ),
+        (json!({"input": {}, "id": ""}), "id"),
+    ] {
+        for (status, body) in [
+            post(&url, bad.clone()).await,
+            post_async(&url, bad.clone()).await,
+        ] {
+            assert_eq!(status, 422, "{bad}: {body}");
+            assert_eq!(
+                body["detail"][0]["loc"],
+                json!(["body", field]),
+                "{bad}: {body}"
+            );
+            assert!(body["detail"][0]["msg"].is_string(), "{body}");
+        }
+    }
     let (status, body) = post(&url, json!({"input": {"stream": 2}})).await;
     assert_eq!(
         (status, body["output"].clone()),

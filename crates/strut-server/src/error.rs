@@ -98,6 +98,13 @@ pub enum ApiError {
     AsyncRequestFinished { id: String, status: &'static str },
     #[error("the prediction id in the body (`{body}`) differs from the one in the path (`{path}`)")]
     PredictionIdMismatch { path: String, body: String },
+    /// A Cog prediction body with a field of the wrong type or value.
+    #[error("{message}")]
+    CogInvalidBody {
+        field: &'static str,
+        kind: &'static str,
+        message: String,
+    },
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
     #[error("{method} is not allowed on {path}")]
@@ -238,6 +245,11 @@ impl ApiError {
             AsyncRequestFinished { .. } => {
                 (StatusCode::CONFLICT, "async_request_finished", TRUSS_CLIENT)
             }
+            CogInvalidBody { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_prediction_request",
+                TRUSS_CLIENT,
+            ),
             PredictionIdMismatch { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "prediction_id_mismatch",

@@ -73,7 +73,11 @@ struct PredictionRequest {
 }
 
 fn parse(bytes: &[u8]) -> Result<PredictionRequest, ApiError> {
-    let bad = ApiError::InvalidAsyncRequest;
+    let bad = |field, kind, message: String| ApiError::CogInvalidBody {
+        field,
+        kind,
+        message,
+    };
     let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -83,20 +87,36 @@ fn parse(bytes: &[u8]) -> Result<PredictionRequest, ApiError> {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if valid_id(id) => Some(id.clone()),
         Some(other) => {
-            return Err(bad(format!(
-                "`id` must be 1-{MAX_ID_LEN} printable ASCII characters, got {other}"
-            )));
+            return Err(bad(
+                "id",
+                "value_error",
+                format!("`id` must be 1-{MAX_ID_LEN} printable ASCII characters, got {other}"),
+            ));
         }
     };
     let input = match body.get("input") {
         None | Some(Value::Null) => json!({}),
         Some(input @ Value::Object(_)) => input.clone(),
-        Some(_) => return Err(bad("`input` must be an object".into())),
+        Some(_) => {
+            return Err(bad(
+                "input",
+                "dict_type",
+                "Input should be a valid dictionary".into(),
+            ));
+        }
     };
     let webhook = match body.get("webhook") {
         None | Some(Value::Null) => None,
-        Some(Value::String(url)) => Some(webhook_url(url).map_err(bad)?),
-        Some(_) => return Err(bad("`webhook` must be a URL string".into())),
+        Some(Value::String(url)) => {
+            Some(webhook_url(url).map_err(|msg| bad("webhook", "url_parsing", msg))?)
+        }
+        Some(_) => {
+            return Err(bad(
+                "webhook",
+                "url_type",
+                "`webhook` must be a URL string".into(),
+            ));
+        }
     };
     let events = match body.get("webhook_events_filter") {
         None | Some(Value::Null) => 0b1111,
@@ -105,12 +125,22 @@ fn parse(bytes: &[u8]) -> Result<PredictionRequest, ApiError> {
                 .and_then(cog_event)
                 .map(|bit| bits | bit)
                 .ok_or_else(|| {
-                    bad(format!(
-                        "`webhook_events_filter` takes start, output, logs, completed; got {name}"
-                    ))
+                    bad(
+                        "webhook_events_filter",
+                        "enum",
+                        format!(
+                            "`webhook_events_filter` takes start, output, logs, completed; got {name}"
+                        ),
+                    )
                 })
         })?,
-        Some(_) => return Err(bad("`webhook_events_filter` must be a list".into())),
+        Some(_) => {
+            return Err(bad(
+                "webhook_events_filter",
+                "list_type",
+                "`webhook_events_filter` must be a list".into(),
+            ));
+        }
     };
     Ok(PredictionRequest {
         id,
@@ -142,10 +172,28 @@ fn wants_sse(headers: &HeaderMap) -> bool {
     StreamMode::of_request(headers) == StreamMode::Sse
 }
 
+/// Cog answers a malformed body as FastAPI does, in pydantic's shape
+/// (`detail[].loc` names the field); `code` is ours. Other errors keep the
+/// common shape.
+fn rejected(err: ApiError) -> Response {
+    let field = match &err {
+        ApiError::CogInvalidBody { field, .. } => *field,
+        ApiError::PredictionIdMismatch { .. } => "id",
+        _ => return err.into_response(),
+    };
+    let kind = match &err {
+        ApiError::CogInvalidBody { kind, .. } => *kind,
+        _ => "value_error",
+    };
+    let detail = json!({"detail": [{"loc": ["body", field], "msg": err.to_string(), "type": kind}],
+                        "code": err.code()});
+    (err.status(), axum::Json(detail)).into_response()
+}
+
 async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let request = match read(&state, &headers, body).await {
         Ok(request) => request,
-        Err(err) => return err.into_response(),
+        Err(err) => return rejected(err),
     };
     let id = request.id.clone().unwrap_or_else(new_id);
     respond(state, headers, id, request).await
@@ -159,19 +207,15 @@ async fn create_idempotent(
 ) -> Response {
     let request = match read(&state, &headers, body).await {
         Ok(request) => request,
-        Err(err) => return err.into_response(),
+        Err(err) => return rejected(err),
     };
     if let Some(body_id) = &request.id
         && body_id != &id
     {
-        let err = ApiError::PredictionIdMismatch {
+        return rejected(ApiError::PredictionIdMismatch {
             path: id.clone(),
             body: body_id.clone(),
-        };
-        // Cog answers in pydantic's shape; `code` is ours.
-        let detail = json!({"detail": [{"loc": ["body", "id"], "msg": err.to_string(),
-                                        "type": "value_error"}], "code": err.code()});
-        return (err.status(), axum::Json(detail)).into_response();
+        });
     }
     // A prediction already known under this id is answered, never run twice.
     if let Some(queue) = state.async_queue() {
