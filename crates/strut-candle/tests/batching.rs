@@ -240,3 +240,28 @@ async fn past_the_kv_budget_requests_wait_their_turn() {
     assert!(steps.iter().any(|s| s.waiting >= 1), "nobody waited");
     assert_eq!(steps.last().unwrap().kv_budget_tokens, 300);
 }
+
+#[tokio::test]
+async fn a_long_prompt_is_prefilled_in_chunks_between_decode_steps() {
+    let (model, recorder) = smollm(json!({"max_step_tokens": 64, "prefix_cache": false}));
+    let model_gen = model.text_generation().unwrap();
+    // A running stream, then a prompt of several hundred tokens.
+    let mut running = start(model_gen.as_ref(), PROMPTS[0], 40, &ctx()).await;
+    let head = match running.next().await {
+        Some(Ok(GenerationEvent::Token { id, .. })) => id,
+        other => panic!("{other:?}"),
+    };
+    let long = PROMPTS[1].repeat(40);
+    let late = start(model_gen.as_ref(), &long, 4, &ctx()).await;
+    let (rest, late) = tokio::join!(ids_after(vec![head], running), ids(late));
+    assert_eq!((rest.len(), late.len()), (40, 4));
+    let steps = recorder.steps.lock().unwrap();
+    let prefilling: Vec<_> = steps.iter().filter(|s| s.prefill_tokens > 0).collect();
+    // The long prompt took several steps, none over the budget, and the
+    // running stream decoded in each of them.
+    assert!(prefilling.len() >= 4, "{} prefill steps", prefilling.len());
+    for s in &prefilling[1..] {
+        assert!(s.prefill_tokens + s.decode_tokens <= 64, "{s:?}");
+        assert!(s.decode_tokens >= 1, "decode starved: {s:?}");
+    }
+}
