@@ -214,3 +214,57 @@ fn no_corpus_config_is_called_unfit() {
     assert!(unfit.is_empty(), "false positives: {unfit:#?}");
     assert!(checked >= 50, "the check ran on only {checked} configs");
 }
+
+/// Real-world configs of checkpoints released quantised, and of a mixture
+/// of experts: deployable on one H100, whatever the name alone suggests.
+#[test]
+fn quantised_and_moe_checkpoints_are_never_refused_on_an_assumption() {
+    let model = tempfile::tempdir().unwrap();
+    let hub = tempfile::tempdir().unwrap();
+    let vllm = |repo: &str| {
+        format!(
+            "{EXAMPLE}resources: {{accelerator: H100}}\ndocker_server:\n  start_command: vllm serve {repo} --max-model-len 8192\n  server_port: 8000\n  predict_endpoint: /v1/chat/completions\n  readiness_endpoint: /health\n  liveness_endpoint: /health\n"
+        )
+    };
+    // gpt-oss-120b (MXFP4 experts), by name only: 120B parameters at an
+    // assumed 2 bytes is a warning, not an error.
+    let by_name = check(&vllm("openai/gpt-oss-120b"), model.path(), hub.path());
+    assert!(by_name.valid, "{:#?}", by_name.diagnostics);
+    let d = by_name
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "memory_does_not_fit")
+        .expect("the assumption is named");
+    assert_eq!(d.severity, Severity::Warning);
+    // With its config.json in the cache (the fields that size it, as
+    // released), the MXFP4 quantisation is read and it fits.
+    let repo = hub.path().join("models--openai--gpt-oss-120b");
+    fs::create_dir_all(repo.join("snapshots/r1")).unwrap();
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs/main"), "r1").unwrap();
+    let config = r#"{"architectures": ["GptOssForCausalLM"], "hidden_size": 2880,
+        "intermediate_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
+        "head_dim": 64, "num_hidden_layers": 36, "num_local_experts": 128,
+        "vocab_size": 201088, "tie_word_embeddings": false,
+        "quantization_config": {"quant_method": "mxfp4",
+                                "modules_to_not_convert": ["model.layers.*.self_attn", "lm_head"]}}"#;
+    fs::write(repo.join("snapshots/r1/config.json"), config).unwrap();
+    let read = check(&vllm("openai/gpt-oss-120b"), model.path(), hub.path());
+    assert!(read.valid, "{:#?}", read.diagnostics);
+    let est = read.normalized.memory_estimate.unwrap();
+    assert_eq!(est.bytes_per_param, Some(0.5), "{est:?}");
+    assert!(
+        read.diagnostics
+            .iter()
+            .all(|d| d.code != "memory_does_not_fit"),
+        "{:#?}",
+        read.diagnostics
+    );
+    // An FP8 release named as such fits on the precision its name gives.
+    let fp8 = check(
+        &vllm("RedHatAI/Meta-Llama-3.1-70B-Instruct-FP8"),
+        model.path(),
+        hub.path(),
+    );
+    assert!(fp8.valid, "{:#?}", fp8.diagnostics);
+}

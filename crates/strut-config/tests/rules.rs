@@ -40,13 +40,41 @@ fn thirteen_b_fp16_on_a10g_does_not_fit_and_names_gpus_that_do() {
     let yaml = format!(
         "{EXAMPLE}model_cache:\n  - repo_id: meta-llama/Llama-2-13b-hf\n    use_volume: false\nresources:\n  accelerator: A10G\n"
     );
+    // Only the name: its precision is assumed, so a warning that says so.
     let r = check(&yaml);
+    assert!(r.valid, "{:#?}", r.diagnostics);
+    let d = only(&r, "memory_does_not_fit");
+    assert_eq!(d.severity, Severity::Warning);
+    assert!(
+        d.message
+            .contains("if the assumption of 2 bytes per weight holds"),
+        "{}",
+        d.message
+    );
+    // The checkpoint's own config.json says float16: that is an error.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/config.json"),
+        r#"{"hidden_size": 5120, "intermediate_size": 13824, "num_attention_heads": 40,
+            "num_hidden_layers": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+            "torch_dtype": "float16"}"#,
+    )
+    .unwrap();
+    let hub = tempfile::tempdir().unwrap();
+    let options = ValidateOptions {
+        strict: false,
+        hub_cache: Some(hub.path().to_path_buf()),
+        skip_memory_fit: false,
+    };
+    let r = validate_str(&yaml, dir.path(), &options);
     assert!(!r.valid);
     let d = only(&r, "memory_does_not_fit");
     assert_eq!(
         (d.severity, d.path.as_str()),
         (Severity::Error, "resources.accelerator")
     );
+    assert!(d.message.contains("config.json in"), "{}", d.message);
     assert!(
         d.message.contains("needs ~26 GB") && d.message.contains("A10G has 24 GB"),
         "{}",

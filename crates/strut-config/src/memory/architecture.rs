@@ -75,9 +75,22 @@ pub fn architecture(config: &Json) -> Option<Architecture> {
     })
 }
 
-/// The checkpoint's own `quantization_config`, when it has one.
+/// The checkpoint's own precision: its `quantization_config`, else its
+/// `torch_dtype` (`dtype` in newer transformers).
 fn declared_weight_bytes(config: &Json) -> Option<f64> {
-    let q = config.get("quantization_config")?;
+    let Some(q) = config.get("quantization_config") else {
+        let dtype = config
+            .get("torch_dtype")
+            .or_else(|| config.get("dtype"))
+            .or_else(|| config.get("text_config").and_then(|t| t.get("torch_dtype")))
+            .and_then(Json::as_str)?;
+        return match dtype {
+            "float32" => Some(4.0),
+            "float16" | "bfloat16" => Some(2.0),
+            d if d.starts_with("float8") => Some(1.0),
+            _ => None,
+        };
+    };
     if q.get("load_in_4bit").and_then(Json::as_bool) == Some(true) {
         return Some(0.5);
     }

@@ -49,6 +49,9 @@ struct Estimate {
     bytes_per_param: Option<f64>,
     source: String,
     arch: Option<architecture::Architecture>,
+    /// The bytes per weight were read (file headers, the checkpoint's own
+    /// config, a TRT-LLM quantization) rather than assumed.
+    certain: bool,
 }
 
 /// A reference to a model: a Hugging Face repo id (or a name) and where it was found.
@@ -142,6 +145,24 @@ pub fn check(
     let mut diags = Vec::new();
     let needs = describe_need(&est, kv_bytes, max_seq, required);
     match (accel, available) {
+        // Precision assumed (no weights, no config.json, no quantization
+        // setting at hand): quantised checkpoints (FP8, AWQ, MXFP4) and
+        // mixtures of experts run where the assumption says they cannot,
+        // so this is never an error.
+        (Some(a), Some(avail)) if required > avail && !est.certain => {
+            diags.push(Diagnostic::warning(
+                "memory_does_not_fit",
+                "resources.accelerator",
+                format!(
+                    "{needs}; {} has {} GB, if the assumption of {} bytes per weight holds ({})",
+                    a,
+                    fmt_gb(avail),
+                    est.bytes_per_param.unwrap_or(2.0),
+                    est.source
+                ),
+                "check the checkpoint's precision (its config.json, or trt_llm.build.quantization_type); if it is not quantised, pick an accelerator that fits",
+            ));
+        }
         (Some(a), Some(avail)) if required > avail => {
             diags.push(Diagnostic::error(
                 "memory_does_not_fit",
@@ -283,6 +304,7 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> 
             bytes_per_param: bpp,
             source,
             arch: None,
+            certain: true,
         }
     };
     if let Some((stats, n)) = weights::scan_dir(data_dir) {
@@ -290,6 +312,26 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> 
             stats,
             format!("{n} weight file header(s) in {}", data_dir.display()),
         ));
+    }
+    let bytes_hint = precision(config, &refs);
+    let from_config = |arch: architecture::Architecture, source: String| {
+        let certain = trt_bytes.or(arch.weight_bytes).is_some();
+        let bpp = trt_bytes
+            .or(arch.weight_bytes)
+            .or(bytes_hint.map(|h| h.0))
+            .unwrap_or(2.0);
+        Estimate {
+            weights_bytes: arch.params * bpp,
+            params: Some(arch.params),
+            bytes_per_param: Some(bpp),
+            source,
+            arch: Some(arch),
+            certain,
+        }
+    };
+    if let Some(arch) = read_architecture(data_dir) {
+        let source = format!("config.json in {}", data_dir.display());
+        return Some(from_config(arch, source));
     }
     let snapshots: Vec<(&ModelRef, PathBuf)> = match cache {
         Some(cache) => refs
@@ -310,7 +352,6 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> 
             cached_repos.push(&r.name);
         }
     }
-    let bytes_hint = precision(config, &refs);
     if !cached_repos.is_empty() {
         let mut est = from_files(
             cached,
@@ -325,17 +366,8 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> 
     }
     for (r, snap) in &snapshots {
         if let Some(arch) = read_architecture(snap) {
-            let bpp = trt_bytes
-                .or(arch.weight_bytes)
-                .or(bytes_hint.map(|h| h.0))
-                .unwrap_or(2.0);
-            return Some(Estimate {
-                weights_bytes: arch.params * bpp,
-                params: Some(arch.params),
-                bytes_per_param: Some(bpp),
-                source: format!("config.json of {} in the Hugging Face cache", r.name),
-                arch: Some(arch),
-            });
+            let source = format!("config.json of {} in the Hugging Face cache", r.name);
+            return Some(from_config(arch, source));
         }
     }
     let (r, billions) = refs
@@ -356,6 +388,7 @@ fn estimate(config: &TrussConfig, data_dir: &Path, cache: Option<&HubCache>) -> 
             r.name, r.found_at
         ),
         arch: None,
+        certain: trt_bytes.is_some(),
     })
 }
 
