@@ -8,7 +8,8 @@
 //! - [`QMatrix`]: GGUF Q4_1 / Q8_0 matrices kept as stored, multiplied in the
 //!   llama.cpp manner (AVX2), and attention's [`scores`] and
 //!   [`weighted_sum`];
-//! - [`MappedFile`]: a read-only map of a weights file.
+//! - [`MappedFile`]: a read-only map of a weights file;
+//! - [`release_free_memory`]: the heap's free pages back to the system.
 //!
 //! SIMD versions are chosen at run time from the CPU's features; each has a
 //! portable version, the fallback and the oracle its tests compare with.
@@ -21,6 +22,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod dense;
+mod heap;
 mod mmap;
 pub mod ops;
 mod quant;
@@ -29,6 +31,7 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 pub use dense::{Dense, Packed};
+pub use heap::release_free_memory;
 pub use mmap::MappedFile;
 pub use quant::{Activations, Format, QMatrix, scores, weighted_sum};
 

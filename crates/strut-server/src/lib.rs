@@ -8,6 +8,7 @@ mod codec;
 mod control;
 mod deployment;
 mod error;
+mod heap;
 mod listen;
 mod metrics;
 mod pipeline;
@@ -159,6 +160,7 @@ impl Server {
             max_header_bytes: limits.max_header_bytes,
         };
         let mut server = tokio::spawn(listen::serve(listener, app, conn, stop.clone()));
+        let trimmer = tokio::spawn(heap::release_when_idle(self.state.clone()));
         // Only what loads at startup can end serving: a pushed deployment that
         // fails to load is refused promotion instead.
         let starting = self
@@ -170,6 +172,7 @@ impl Server {
         let load_failure = first_load_failure(starting);
         let result = tokio::select! {
             finished = &mut server => {
+                trimmer.abort();
                 return finished.map_err(|e| ServeError::Io(std::io::Error::other(e)));
             }
             () = shutdown => {
@@ -183,6 +186,7 @@ impl Server {
         if let Some(queue) = self.state.async_queue() {
             queue.stop.cancel();
         }
+        trimmer.abort();
         let grace = self.state.limits().grace_period;
         if tokio::time::timeout(grace, &mut server).await.is_err() {
             tracing::warn!(

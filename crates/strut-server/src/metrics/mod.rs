@@ -406,7 +406,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     response
 }
 
-fn resident_memory_bytes() -> Option<u64> {
+pub(crate) fn resident_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: u64 = status
         .lines()
