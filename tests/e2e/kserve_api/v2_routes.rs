@@ -138,17 +138,106 @@ async fn unknown_models_get_404_and_version_paths_501() {
     assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
 }
 
-#[tokio::test]
-async fn the_binary_tensor_extension_is_refused() {
-    let (router, _, seen) = router("Doubler").await;
-    let request = axum::http::Request::post("/v2/models/m/infer")
+fn binary_request(
+    header: &serde_json::Value,
+    binary: &[u8],
+) -> axum::http::Request<axum::body::Body> {
+    let header = header.to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(binary);
+    axum::http::Request::post("/v2/models/m/infer")
         .header("content-type", "application/octet-stream")
-        .header("inference-header-content-length", "10")
+        .header("inference-header-content-length", header.len().to_string())
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
+/// The JSON header and the binary part of an extension reply.
+async fn split_reply(
+    response: axum::http::Response<axum::body::Body>,
+) -> (serde_json::Value, Vec<u8>) {
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = crate::common::body_bytes(response).await;
+    let (json, binary) = bytes.split_at(length);
+    (serde_json::from_slice(json).unwrap(), binary.to_vec())
+}
+
+fn f32s(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[tokio::test]
+async fn the_binary_tensor_extension_carries_inputs_and_outputs() {
+    let (router, _, seen) = router("Doubler").await;
+    // A binary input, one output asked for as binary.
+    let header = serde_json::json!({
+        "inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16}}],
+        "outputs": [{"name": "x_doubled", "parameters": {"binary_data": true}}],
+    });
+    let reply = send(
+        &router,
+        binary_request(&header, &f32s(&[1.0, 2.0, 3.0, 4.5])),
+    )
+    .await;
+    let (json, binary) = split_reply(reply).await;
+    let out = &json["outputs"][0];
+    assert_eq!(out["name"], "x_doubled");
+    assert_eq!(out["parameters"]["binary_data_size"], 16, "{json}");
+    assert!(out.get("data").is_none(), "{json}");
+    assert_eq!(binary, f32s(&[2.0, 4.0, 6.0, 9.0]));
+
+    // JSON inputs, every output as binary: the BYTES one length-prefixed.
+    let request = post_json(
+        "/v2/models/m/infer",
+        &serde_json::json!({
+            "inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [7]}],
+            "parameters": {"binary_data_output": true},
+        })
+        .to_string(),
+    );
+    let (json, binary) = split_reply(send(&router, request).await).await;
+    let sizes: Vec<u64> = json["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes[0], 4);
+    assert_eq!(&binary[..4], &14i32.to_le_bytes());
+    let text_len = u32::from_le_bytes(binary[4..8].try_into().unwrap()) as usize;
+    assert_eq!(sizes[1] as usize, 4 + text_len);
+    assert!(
+        std::str::from_utf8(&binary[8..])
+            .unwrap()
+            .contains("\"inputs\"")
+    );
+
+    // Sizes that do not add up are refused before the model runs.
+    let calls = seen.calls.load(Ordering::SeqCst);
+    for (header, binary) in [
+        (header.clone(), f32s(&[1.0, 2.0, 3.0])),
+        (header.clone(), f32s(&[1.0, 2.0, 3.0, 4.0, 5.0])),
+    ] {
+        let response = send(&router, binary_request(&header, &binary)).await;
+        assert_eq!(response.status(), 400);
+    }
+    let bad_length = axum::http::Request::post("/v2/models/m/infer")
+        .header("inference-header-content-length", "100000")
         .body(axum::body::Body::from(INFER))
         .unwrap();
-    let body = expect_error(send(&router, request).await, 501, "not_implemented").await;
-    assert!(body["error"].as_str().unwrap().contains("binary"), "{body}");
-    assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
+    expect_error(
+        send(&router, bad_length).await,
+        400,
+        "invalid_infer_request",
+    )
+    .await;
+    assert_eq!(seen.calls.load(Ordering::SeqCst), calls);
 }
 
 #[tokio::test]

@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use strut_model::capabilities::Embeddings;
 
-use super::tensor::{Datatype, RawTensor, Tensor, TensorError, kind};
+use super::tensor::{Datatype, RawTensor, Tensor, TensorError, binary, kind};
 use super::{check_name, embed_texts};
-use crate::codec::{BodyFormat, StreamMode, read_input};
-use crate::pipeline::{self, Call, Encoding, Reply};
+use crate::codec::{BodyFormat, StreamMode, read_body, read_input};
+use crate::pipeline::{self, Call, Custom, CustomBody, Encoding, Reply};
 use crate::request::RequestId;
 use crate::routes::mount::{Target, route};
 use crate::runner::LoadedModel;
@@ -45,11 +45,8 @@ struct InferRequest {
 #[serde(deny_unknown_fields)]
 struct RequestedOutput {
     name: String,
+    /// `binary_data: true` asks for this output as binary data.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted as the protocol allows; strut has no output options"
-    )]
     parameters: Option<Map<String, Value>>,
 }
 
@@ -87,12 +84,19 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if headers.contains_key(BINARY_EXTENSION_HEADER) {
-        return ApiError::NotImplemented(
-            "the binary tensor data extension is not supported; send tensors as JSON `data`".into(),
-        )
-        .into_response();
-    }
+    let json_length = match headers
+        .get(BINARY_EXTENSION_HEADER)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()))
+    {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => {
+            return ApiError::InvalidInferRequest(format!(
+                "`{BINARY_EXTENSION_HEADER}` must be the JSON header's length in bytes"
+            ))
+            .into_response();
+        }
+    };
     let routed = route(&Target::Environment(PRODUCTION.into()), &state, &headers)
         .and_then(|routed| check_name(routed.deployment(), &name).map(|()| routed));
     let routed = match routed {
@@ -103,15 +107,36 @@ pub(super) async fn infer(
     // then refused, as it holds no tensors).
     let encoding = Encoding::json(StreamMode::Collect);
     pipeline::serve(state, routed, id, encoding, move |call| {
-        run(call, name, body)
+        run(call, name, body, json_length)
     })
     .await
 }
 
-async fn run(call: Call, name: String, body: Body) -> Result<Reply, ApiError> {
+async fn run(
+    call: Call,
+    name: String,
+    body: Body,
+    json_length: Option<usize>,
+) -> Result<Reply, ApiError> {
     let model = call.model()?;
-    let input = read_input(call.state.limits(), BodyFormat::Json, body).await?;
-    let request = parse(input)?;
+    let mut request = match json_length {
+        None => parse(read_input(call.state.limits(), BodyFormat::Json, body).await?)?,
+        Some(length) => {
+            let bytes = read_body(body, call.state.limits().max_body_bytes).await?;
+            let (json, binary) = bytes.split_at_checked(length).ok_or_else(|| {
+                ApiError::InvalidInferRequest(format!(
+                    "`{BINARY_EXTENSION_HEADER}` is {length} but the body has {} bytes",
+                    bytes.len()
+                ))
+            })?;
+            let json: Value = serde_json::from_slice(json)
+                .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
+            let mut request = parse(json)?;
+            attach_binary(&mut request.inputs, binary)?;
+            request
+        }
+    };
+    let binary_output = take_flag(&mut request.parameters, "binary_data_output");
     let inputs = validate_inputs(request.inputs)?;
     let (outputs, parameters) = match model.embeddings() {
         Some(embeddings) => {
@@ -122,6 +147,7 @@ async fn run(call: Call, name: String, body: Body) -> Result<Reply, ApiError> {
         None => predict(&call, &model, &inputs, &request.parameters).await?,
     };
     let outputs = select(outputs, request.outputs.as_deref())?;
+    let binary = outputs_in_binary(&outputs, request.outputs.as_deref(), binary_output);
     let response = InferResponse {
         model_name: &name,
         model_version: call.deployment.id(),
@@ -131,9 +157,140 @@ async fn run(call: Call, name: String, body: Body) -> Result<Reply, ApiError> {
         parameters,
         outputs,
     };
+    if binary.iter().any(|&b| b) {
+        return binary_reply(response, &binary);
+    }
     serde_json::to_value(response)
         .map(Reply::Json)
         .map_err(|err| ApiError::Internal(format!("encoding the V2 response: {err}")))
+}
+
+/// Removes a boolean request parameter, true when it was set.
+fn take_flag(parameters: &mut Option<Map<String, Value>>, key: &str) -> bool {
+    parameters
+        .as_mut()
+        .and_then(|p| p.remove(key))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
+}
+
+/// Gives each input that declares `binary_data_size` its share of the
+/// binary part, decoded into JSON `data`.
+fn attach_binary(inputs: &mut [RawTensor], mut binary: &[u8]) -> Result<(), ApiError> {
+    for input in inputs.iter_mut() {
+        let Some(size) = input
+            .parameters
+            .as_mut()
+            .and_then(|p| p.remove("binary_data_size"))
+        else {
+            continue;
+        };
+        let invalid = |message: String| {
+            ApiError::InvalidTensor(format!("tensor `{}`: {message}", input.name))
+        };
+        let size = size
+            .as_u64()
+            .and_then(|s| usize::try_from(s).ok())
+            .ok_or_else(|| invalid("`binary_data_size` must be a byte count".into()))?;
+        if input.data.is_some() {
+            return Err(invalid("has both `data` and `binary_data_size`".into()));
+        }
+        let (raw, rest) = binary.split_at_checked(size).ok_or_else(|| {
+            invalid(format!(
+                "`binary_data_size` is {size} but only {} bytes of binary data are left",
+                binary.len()
+            ))
+        })?;
+        binary = rest;
+        let datatype = Datatype::parse(&input.datatype).ok_or_else(|| {
+            ApiError::UnknownDatatype(format!(
+                "tensor `{}` has datatype `{}`",
+                input.name, input.datatype
+            ))
+        })?;
+        let count = input
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+            .ok_or_else(|| invalid(format!("shape {:?} is not a tensor shape", input.shape)))?;
+        let data = binary::decode(datatype, count, raw).map_err(invalid)?;
+        input.data = Some(Value::Array(data));
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::InvalidInferRequest(format!(
+            "{} bytes of binary data belong to no input",
+            binary.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Per output, whether it goes back as binary data:
+/// its own `binary_data` parameter, else the request's `binary_data_output`.
+fn outputs_in_binary(
+    outputs: &[Tensor],
+    requested: Option<&[RequestedOutput]>,
+    all: bool,
+) -> Vec<bool> {
+    outputs
+        .iter()
+        .map(|t| {
+            requested
+                .into_iter()
+                .flatten()
+                .find(|r| r.name == t.name)
+                .and_then(|r| r.parameters.as_ref())
+                .and_then(|p| p.get("binary_data"))
+                .and_then(Value::as_bool)
+                .unwrap_or(all)
+        })
+        .collect()
+}
+
+/// The JSON header (binary outputs carry `binary_data_size`, no `data`),
+/// then their bytes, with the header's length in
+/// `Inference-Header-Content-Length`.
+fn binary_reply(response: InferResponse<'_>, binary_outputs: &[bool]) -> Result<Reply, ApiError> {
+    let mut bytes = Vec::new();
+    let mut json = serde_json::to_value(&response)
+        .map_err(|err| ApiError::Internal(format!("encoding the V2 response: {err}")))?;
+    for ((tensor, &binary), value) in response
+        .outputs
+        .iter()
+        .zip(binary_outputs)
+        .zip(json["outputs"].as_array_mut().into_iter().flatten())
+    {
+        if !binary {
+            continue;
+        }
+        let before = bytes.len();
+        binary::encode(tensor.datatype, &tensor.data, &mut bytes).map_err(|err| {
+            ApiError::InvalidModelOutput(format!("output `{}`: {err}", tensor.name))
+        })?;
+        let object = value
+            .as_object_mut()
+            .expect("a tensor serializes to an object");
+        object.remove("data");
+        object
+            .entry("parameters")
+            .or_insert_with(|| Value::Object(Map::new()))
+            .as_object_mut()
+            .expect("parameters is an object")
+            .insert("binary_data_size".into(), (bytes.len() - before).into());
+    }
+    let header = serde_json::to_vec(&json)
+        .map_err(|err| ApiError::Internal(format!("encoding the V2 response: {err}")))?;
+    let length = header.len();
+    let mut body = header;
+    body.extend(bytes);
+    Ok(Reply::Custom(Custom {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/octet-stream".into()),
+            (BINARY_EXTENSION_HEADER.into(), length.to_string()),
+        ],
+        body: CustomBody::Bytes(body.into()),
+    }))
 }
 
 fn parse(input: Value) -> Result<InferRequest, ApiError> {

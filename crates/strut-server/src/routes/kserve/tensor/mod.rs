@@ -60,7 +60,7 @@ impl Datatype {
             .expect("every datatype is in the table")
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         DATATYPES.iter().find(|(_, n)| *n == name).map(|(d, _)| *d)
     }
 
@@ -100,7 +100,9 @@ pub(crate) struct RawTensor {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    pub data: Value,
+    /// Absent when the tensor came as binary data (see `binary`).
+    #[serde(default)]
+    pub data: Option<Value>,
 }
 
 /// A validated tensor: a known datatype, and `data` flat, row-major, holding
@@ -144,7 +146,10 @@ impl RawTensor {
             .map(|&d| u64::try_from(d))
             .collect::<Result<Vec<u64>, _>>()
             .map_err(|_| invalid(format!("shape {:?} has a negative dimension", self.shape)))?;
-        let (dims, data) = flatten(self.data).map_err(invalid)?;
+        let data = self.data.ok_or_else(|| {
+            invalid("`data` is missing (binary data needs `parameters.binary_data_size`)".into())
+        })?;
+        let (dims, data) = flatten(data).map_err(invalid)?;
         let count = data.len() as u64;
         let expected = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
         if expected != Some(count) {
@@ -253,5 +258,6 @@ pub(crate) fn kind(value: &Value) -> &'static str {
     }
 }
 
+pub(crate) mod binary;
 #[cfg(test)]
 mod tests;
