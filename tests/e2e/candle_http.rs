@@ -190,3 +190,51 @@ async fn the_models_report_batches_and_tokens_to_the_metrics() {
         reply["usage"]["prompt_tokens"].as_f64().unwrap()
     );
 }
+
+/// Baseten's clients send OpenAI bodies to an LLM's predict URL: with a
+/// `model`, predict answers as the OpenAI routes do.
+#[tokio::test]
+async fn predict_answers_an_openai_body_in_openai_shapes() {
+    let (router, _d) = serve_model("models/smollm2").await;
+    let chat = json!({
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 24, "temperature": 0, "ignore_eos": false, "min_tokens": 2,
+    });
+    let reply = body_json(send(&router, post_json("/predict", &chat.to_string())).await).await;
+    assert_eq!(reply["object"], "chat.completion", "{reply}");
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{reply}");
+    assert!(reply["usage"]["completion_tokens"].as_u64().unwrap() >= 2);
+
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let response = send(
+        &router,
+        post_json("/production/predict", &streamed.to_string()),
+    )
+    .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
+    assert!(events.contains("chat.completion.chunk"), "{events}");
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+
+    let prompt = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                        "max_tokens": 4, "temperature": 0});
+    let reply = body_json(send(&router, post_json("/predict", &prompt.to_string())).await).await;
+    assert_eq!(reply["object"], "text_completion", "{reply}");
+    assert_eq!(reply["usage"]["completion_tokens"], 4);
+
+    // The model name is checked as on the OpenAI routes.
+    let mut wrong = prompt.clone();
+    wrong["model"] = json!("gpt-4");
+    let response = send(&router, post_json("/predict", &wrong.to_string())).await;
+    assert_eq!(response.status(), 404);
+    // Without `model`, predict is the model's own, as before.
+    let native = json!({"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0});
+    let reply = body_json(send(&router, post_json("/predict", &native.to_string())).await).await;
+    assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
+    assert!(reply.get("choices").is_none(), "{reply}");
+}

@@ -107,6 +107,25 @@ async fn embeddings(
     .await
 }
 
+/// Whether a predict body is OpenAI's (it names its `model`, and has
+/// `messages` or a `prompt`), as Baseten's clients send to an LLM's predict
+/// URL.
+pub(super) fn is_openai_body(input: &Value) -> bool {
+    input.get("model").is_some()
+        && (input.get("messages").is_some() || input.get("prompt").is_some())
+}
+
+/// A generation model's predict route given an OpenAI body: answered as
+/// `/v1/chat/completions` (for `messages`) or `/v1/completions` would, the
+/// model name checked the same way.
+pub(super) async fn on_predict(call: Call, input: Value) -> Result<Reply, ApiError> {
+    if input.get("messages").is_some() {
+        generate::run(call, input, &chat::Chat).await
+    } else {
+        generate::run(call, input, &completions::Completions).await
+    }
+}
+
 /// Every OpenAI POST: routed to its target, its JSON body decoded, the work
 /// run in the pipeline, errors in OpenAI's shape.
 async fn serve<F, Fut>(
