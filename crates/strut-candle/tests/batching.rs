@@ -265,3 +265,38 @@ async fn a_long_prompt_is_prefilled_in_chunks_between_decode_steps() {
         assert!(s.decode_tokens >= 1, "decode starved: {s:?}");
     }
 }
+
+#[tokio::test]
+async fn a_prompt_is_shared_while_its_sequence_still_generates() {
+    let (model, recorder) = smollm(json!({"prefix_cache": true}));
+    let model_gen = model.text_generation().unwrap();
+    let system = "You are a careful assistant who answers questions about geography, \
+                  history and science in one short sentence, without any preamble. ";
+    let mut first = start(
+        model_gen.as_ref(),
+        &format!("{system}Who wrote Hamlet?"),
+        48,
+        &ctx(),
+    )
+    .await;
+    let head = match first.next().await {
+        Some(Ok(GenerationEvent::Token { id, .. })) => id,
+        other => panic!("{other:?}"),
+    };
+    // The first is decoding; the second shares its system prompt.
+    let second = start(
+        model_gen.as_ref(),
+        &format!("{system}What is the capital of Italy?"),
+        4,
+        &ctx(),
+    )
+    .await;
+    let (rest, second) = tokio::join!(ids_after(vec![head], first), ids(second));
+    assert_eq!((rest.len(), second.len()), (48, 4));
+    let lookups = recorder.lookups.lock().unwrap().clone();
+    assert_eq!(lookups[0].1, 0, "{lookups:?}");
+    assert!(
+        lookups[1].1 >= 20,
+        "the running sequence's prompt was not shared: {lookups:?}"
+    );
+}

@@ -59,6 +59,19 @@ impl SeqState {
         self.len
     }
 
+    /// A copy of the first `len` positions, where the cache can be cut (the
+    /// CPU's).
+    pub fn copy_prefix(&self, len: usize) -> Option<KvCache> {
+        match &self.cache {
+            SeqCache::Cpu(cache) => {
+                let mut copy = KvCache::default();
+                copy.copy_prefix(cache, len);
+                Some(copy)
+            }
+            _ => None,
+        }
+    }
+
     /// Starts this (empty) sequence from the first `len` positions of a
     /// cached one; false where the weights keep caches that cannot be cut.
     pub fn reuse_prefix(&mut self, from: &KvCache, len: usize) -> bool {

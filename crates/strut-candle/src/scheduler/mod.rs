@@ -186,6 +186,31 @@ impl Scheduler {
         }
     }
 
+    /// A sequence whose prompt this step finished prefilling lends a copy
+    /// of the prompt's KV to the prefix cache at once, so that requests
+    /// arriving while it generates can share it.
+    fn share_prompt(&self, batch: &mut Batch<'_>, i: usize) {
+        let seq = &batch.running[i];
+        let prompt = &seq.job.prompt;
+        // Before its first token is sampled, the cache holds exactly the prompt.
+        if !self.limits.prefix_cache
+            || seq.tokens.len() != prompt.len()
+            || batch.prefix.covers(prompt)
+        {
+            return;
+        }
+        let room = self
+            .limits
+            .kv_budget
+            .saturating_sub(batch.reserved + batch.prefix.tokens());
+        if prompt.len() > room {
+            return;
+        }
+        if let Some(copy) = seq.state.copy_prefix(prompt.len()) {
+            batch.prefix.insert(prompt.clone(), copy);
+        }
+    }
+
     /// One forward pass over the batch, and what it sampled.
     fn step(&mut self, batch: &mut Batch<'_>) {
         let started = Instant::now();
@@ -232,6 +257,7 @@ impl Scheduler {
         let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
         for (&i, logits) in members.iter().zip(logits) {
             let Some(logits) = logits else { continue };
+            self.share_prompt(batch, i);
             match batch.running[i].accept(logits, &self.eos_ids) {
                 Ok(None) => {}
                 Ok(Some(reason)) => finished.push((i, Some(reason))),

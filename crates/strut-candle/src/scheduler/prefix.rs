@@ -1,13 +1,16 @@
 //! The prefix cache: KV caches of finished sequences, kept so that a new
 //! prompt sharing a prefix with one of them (a system prompt, the earlier
 //! turns of a chat) starts from a copy of those positions instead of
-//! computing them again.
+//! computing them again. A prompt enters the cache as soon as it is
+//! prefilled (a copy of its positions), so requests that arrive while it
+//! still generates share it; the whole sequence replaces that entry when it
+//! ends.
 //!
 //! A lookup finds the entry with the longest common token prefix, as a
 //! radix tree would, by comparing the prompt with each entry: entries are
 //! few (bounded by `MAX_ENTRIES`) and a comparison stops at the first
-//! differing token, so the scan costs microseconds next to a millisecond
-//! per prompt token of prefill. Entries that are a prefix of a newer one are
+//! differing token, so the scan costs microseconds next to the prefill it
+//! saves. Entries that are a prefix of a newer one are
 //! dropped, so a growing chat keeps one entry. Memory is the scheduler's KV
 //! budget: entries only fill what running sequences leave, and the least
 //! recently used goes first when a sequence needs the room.
@@ -56,8 +59,13 @@ impl PrefixCache {
         Some((&entry.cache, len))
     }
 
+    /// Whether an entry holds all of `tokens` already.
+    pub fn covers(&self, tokens: &[u32]) -> bool {
+        self.entries.iter().any(|e| e.tokens.starts_with(tokens))
+    }
+
     /// Keeps the first `tokens.len()` positions of `cache` (a sequence that
-    /// ended) for later prompts.
+    /// ended, or a prompt just prefilled) for later prompts.
     pub fn insert(&mut self, tokens: Vec<u32>, cache: KvCache) {
         if tokens.len() < MIN_TOKENS || cache.len() < tokens.len() {
             return;
