@@ -63,26 +63,6 @@ pub fn select(config: &Value, params: &CandleParams) -> Result<Placement, ModelE
 }
 
 /// Whether CUDA device 0 can be opened by this binary on this host.
-/// Bytes of memory this process can still use: the system's available
-/// memory, or the cgroup's room below its limit where that is lower.
-pub fn memory_available() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let available = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?
-        * 1024;
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    // `max` (no limit) does not parse, and leaves the system's figure.
-    let cgroup =
-        read("memory.max").map(|max| max.saturating_sub(read("memory.current").unwrap_or(0)));
-    Some(cgroup.map_or(available, |room| room.min(available)))
-}
-
 pub fn cuda_available() -> bool {
     cuda_device().is_ok()
 }

@@ -314,10 +314,7 @@ fn limits(params: &CandleParams, weights: &LlamaWeights, context_length: usize) 
     let max_batch = params.max_batch_size.unwrap_or(DEFAULT_MAX_BATCH).max(1);
     let full = max_batch * context_length;
     let kv_budget = params.kv_cache_tokens.unwrap_or_else(|| {
-        match (
-            weights.kv_bytes_per_token(),
-            crate::device::memory_available(),
-        ) {
+        match (weights.kv_bytes_per_token(), crate::loader::free_ram()) {
             (Some(per_token), Some(bytes)) => ((bytes / 4) as usize / per_token).min(full),
             _ => full,
         }

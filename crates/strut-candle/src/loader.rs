@@ -223,7 +223,7 @@ fn free_memory(device: &Device) -> Option<u64> {
 }
 
 /// `MemAvailable`, lowered to the cgroup's remaining allowance in a container.
-fn free_ram() -> Option<u64> {
+pub(crate) fn free_ram() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let available = meminfo
         .lines()

@@ -140,7 +140,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     axum::body::to_bytes(body, limit).await.map_err(|err| {
-        if is_length_limit(&err) {
+        if find::<http_body_util::LengthLimitError>(&err).is_some() {
             ApiError::PayloadTooLarge { limit }
         } else if let Some(idle) = find::<crate::listen::BodyIdle>(&err) {
             ApiError::BodyTimeout(idle.0)
@@ -160,17 +160,6 @@ fn find<E: std::error::Error + 'static>(err: &axum::Error) -> Option<&E> {
         source = e.source();
     }
     None
-}
-
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 #[cfg(test)]
