@@ -95,6 +95,43 @@ async fn an_oversized_head_gets_431() {
         .unwrap();
     let (reply, _) = until_closed(&mut socket).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(json_body(&reply)["code"], "headers_too_large", "{reply}");
+    server.stop().await.unwrap();
+}
+
+fn json_body(reply: &str) -> Value {
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("content-type: application/json"), "{reply}");
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {reply}"))
+}
+
+/// The heads hyper refuses before strut sees them still get strut's JSON
+/// error body, and the server keeps serving.
+#[tokio::test]
+async fn unparseable_heads_get_a_json_400() {
+    let server = echo_server().await;
+    for head in [
+        format!("{HEAD}Content-Length: abc\r\n\r\n"),
+        format!("{HEAD}Content-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"),
+        format!("{HEAD}X-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\n{{}}"),
+        format!("{HEAD}X-Request-Id: a\x01b\r\nContent-Length: 2\r\n\r\n{{}}"),
+        "GET / HTTP/9.9\r\n\r\n".to_owned(),
+    ] {
+        let mut socket = connect(&server).await;
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let (reply, _) = until_closed(&mut socket).await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{head:?}: {reply}");
+        let body = json_body(&reply);
+        assert_eq!(body["code"], "bad_request", "{reply}");
+        assert!(body["error"].as_str().unwrap().contains("HTTP"), "{reply}");
+    }
+    let response = common::client()
+        .post(format!("{}/predict", server.url))
+        .body(r#"{"x": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     server.stop().await.unwrap();
 }
 

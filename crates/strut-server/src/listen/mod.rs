@@ -11,7 +11,11 @@
 //! - head size: hyper's read buffer (`max_buf_size`), past which it answers
 //!   431 itself;
 //! - bodies: [`IdleBody`], which fails a body whose next bytes do not come
-//!   within the idle timeout; `codec::read_body` answers that with 408.
+//!   within the idle timeout; `codec::read_body` answers that with 408;
+//! - hyper's own error answers (unparseable head, 431) get strut's JSON
+//!   error body ([`auto_errors`]).
+
+mod auto_errors;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -87,7 +91,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(limits.header_read_timeout);
             let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(auto_errors::JsonAutoErrors::new(stream)),
                 TowerToHyperService::new(service),
             );
             let mut conn = std::pin::pin!(conn);
