@@ -19,8 +19,11 @@ model's predict URL `/production/predict`):
     GENAI_BENCH=.../genai-baseten-venv/bin/genai-bench python3 benches/genai_bench.py \
         --backend baseten [--prompt-format] [--no-stream]
 
-With `--prompt-format` the client counts output tokens by re-tokenizing the
-text, so lengths are reported, not checked.
+With `--prompt-format` the model is served from a copy of its directory
+whose config.yaml carries `model_metadata.tags: [openai-compatible]` (the
+tag under which strut's predict answers a prompt in chat's shape, which is
+what that client reads), and the client counts output tokens by
+re-tokenizing the text, so lengths are reported, not checked.
 
 genai-bench comes from ../shared/peers/setup.sh (~/.cache/strut-peers/genai-venv),
 or set GENAI_BENCH to its executable. The strut binary is target/release/strut
@@ -117,6 +120,19 @@ def table(rows, scenario):
     return "\n".join(lines)
 
 
+def tagged_copy(model_dir, work):
+    """The model directory with `openai-compatible` added to its tags."""
+    copy = os.path.join(work, "model")
+    shutil.copytree(model_dir, copy)
+    path = os.path.join(copy, "config.yaml")
+    text = open(path).read()
+    tagged = text.replace("model_metadata:\n", "model_metadata:\n  tags: [openai-compatible]\n", 1)
+    if tagged == text:
+        sys.exit(f"{path}: no model_metadata to tag")
+    open(path, "w").write(tagged)
+    return copy
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-dir", default=os.path.join(ROOT, "models", "smollm2"))
@@ -137,10 +153,11 @@ def main():
     subprocess.run([strut, "tokenizer", "export", args.model_dir, "--out", tokdir], check=True,
                    stdout=subprocess.DEVNULL)
 
+    model_dir = tagged_copy(args.model_dir, work) if args.prompt_format else args.model_dir
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [strut, "serve", args.model_dir, "--port", str(port), "--host", "127.0.0.1"],
+        [strut, "serve", model_dir, "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "strut.log"), "w"))
     try:
         wait_ready(f"{base}/v2/health/ready", timeout=300)

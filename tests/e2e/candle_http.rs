@@ -238,3 +238,77 @@ async fn predict_answers_an_openai_body_in_openai_shapes() {
     assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
     assert!(reply.get("choices").is_none(), "{reply}");
 }
+
+/// A deployment tagged `openai-compatible` (as Baseten's engine configs
+/// are) answers predict in OpenAI's chat shape even without `model`: a raw
+/// prompt continues as on `/v1/completions` and comes back as a chat
+/// completion, which is how Baseten's genai-bench reads its prompt format.
+#[tokio::test]
+async fn an_openai_compatible_tag_makes_predict_speak_openai() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/smollm2/config.yaml"
+    ))
+    .unwrap();
+    let tagged = config.replacen(
+        "model_metadata:\n",
+        "model_metadata:\n  tags: [openai-compatible]\n",
+        1,
+    );
+    assert_ne!(tagged, config);
+    std::fs::write(dir.path().join("config.yaml"), tagged).unwrap();
+    let (router, _d) = serve_model(dir.path().to_str().unwrap()).await;
+
+    let prompt = json!({"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0,
+                        "stream": false, "min_tokens": 4, "ignore_eos": true});
+    let reply = body_json(send(&router, post_json("/predict", &prompt.to_string())).await).await;
+    assert_eq!(reply["object"], "chat.completion", "{reply}");
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.is_empty(), "{reply}");
+    assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
+
+    // The same continuation as the completions route gives.
+    let completion = json!({"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                            "max_tokens": 4, "temperature": 0});
+    let plain = body_json(
+        send(
+            &router,
+            post_json("/v1/completions", &completion.to_string()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(plain["choices"][0]["text"], content, "{plain}");
+
+    let mut streamed = prompt.clone();
+    streamed["stream"] = json!(true);
+    let response = send(
+        &router,
+        post_json("/production/predict", &streamed.to_string()),
+    )
+    .await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
+    let text: String = events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+        .inspect(|chunk| assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}"))
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, content, "{events}");
+
+    // Chat bodies and bad input as on the OpenAI routes.
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+    let reply = body_json(send(&router, post_json("/predict", &chat.to_string())).await).await;
+    assert_eq!(reply["object"], "chat.completion", "{reply}");
+    let bad = json!({"prompt": "x", "max_tokens": -1});
+    let response = send(&router, post_json("/predict", &bad.to_string())).await;
+    assert_eq!(response.status(), 400);
+}

@@ -47,6 +47,16 @@ pub struct DeploymentSpec {
     pub stream_read_timeout: Duration,
 }
 
+impl DeploymentSpec {
+    /// Whether config.yaml tags the model `openai-compatible` (Truss's
+    /// `model_metadata.tags`): its predict route then speaks OpenAI.
+    pub fn openai_compatible(&self) -> bool {
+        self.init.config["model_metadata"]["tags"]
+            .as_array()
+            .is_some_and(|tags| tags.iter().any(|tag| tag == "openai-compatible"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadState {
     Loading,

@@ -116,7 +116,10 @@ async fn predict(State(state): State<AppState>, target: Target, request: Request
         let call = call.with_request(meta);
         let model = call.model()?;
         let input = read_input(call.state.limits(), encoding.format, body).await?;
-        if model.text_generation().is_some() && super::openai::is_openai_body(&input) {
+        let openai_compatible = call.deployment.spec().openai_compatible();
+        if model.text_generation().is_some()
+            && super::openai::is_openai_body(&input, openai_compatible)
+        {
             return super::openai::on_predict(call, input).await;
         }
         call.predict(&model, input, encoding.mode).await

@@ -18,14 +18,7 @@ pub(super) struct Completions;
 
 impl Endpoint for Completions {
     fn names(&self) -> &'static Names {
-        &Names {
-            capability: "completions",
-            prompt_param: "prompt",
-            ignored: &["user"],
-            off: OFF,
-            id_prefix: "cmpl",
-            chunk_object: "text_completion",
-        }
+        &NAMES
     }
 
     fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError> {
@@ -50,6 +43,15 @@ impl Endpoint for Completions {
         Reply::document(&response(meta, &text, reason, usage))
     }
 }
+
+const NAMES: Names = Names {
+    capability: "completions",
+    prompt_param: "prompt",
+    ignored: &["user"],
+    off: OFF,
+    id_prefix: "cmpl",
+    chunk_object: "text_completion",
+};
 
 const OFF: &[Off] = &[
     Off {
@@ -157,4 +159,47 @@ fn text_chunk(meta: &Meta, text: &str, finish_reason: Option<FinishReason>) -> E
         finish_reason,
     };
     crate::sse::json(&meta.chunk(&[choice], None))
+}
+
+/// A raw prompt (as `/v1/completions` takes it) answered in chat's shape:
+/// what a predict route tagged `openai-compatible` does with a `{"prompt"}`
+/// body, because clients of such endpoints (Baseten's genai-bench among
+/// them) read every answer as a chat completion.
+pub(super) struct PromptAsChat;
+
+impl Endpoint for PromptAsChat {
+    fn names(&self) -> &'static Names {
+        const PROMPT_AS_CHAT: Names = Names {
+            chunk_object: "chat.completion.chunk",
+            id_prefix: "chatcmpl",
+            ..NAMES
+        };
+        &PROMPT_AS_CHAT
+    }
+
+    fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError> {
+        take_prompt(fields)
+    }
+
+    fn opening(&self, meta: &Meta) -> Option<Event> {
+        super::chat::Chat.opening(meta)
+    }
+
+    fn token(&self, meta: &Meta, text: &str) -> Event {
+        super::chat::Chat.token(meta, text)
+    }
+
+    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
+        super::chat::Chat.finish(meta, reason)
+    }
+
+    fn response(
+        &self,
+        meta: &Meta,
+        text: String,
+        reason: FinishReason,
+        usage: Usage,
+    ) -> Result<Reply, ApiError> {
+        super::chat::Chat.response(meta, text, reason, usage)
+    }
 }

@@ -110,17 +110,24 @@ async fn embeddings(
 /// Whether a predict body is OpenAI's (it names its `model`, and has
 /// `messages` or a `prompt`), as Baseten's clients send to an LLM's predict
 /// URL.
-pub(super) fn is_openai_body(input: &Value) -> bool {
-    input.get("model").is_some()
+///
+/// A deployment tagged `openai-compatible` (Truss's `model_metadata.tags`,
+/// which Baseten uses to mark a predict route that speaks OpenAI) takes
+/// every body with `messages` or a `prompt` as OpenAI's, named or not.
+pub(super) fn is_openai_body(input: &Value, openai_compatible: bool) -> bool {
+    (openai_compatible || input.get("model").is_some())
         && (input.get("messages").is_some() || input.get("prompt").is_some())
 }
 
 /// A generation model's predict route given an OpenAI body: answered as
 /// `/v1/chat/completions` (for `messages`) or `/v1/completions` would, the
-/// model name checked the same way.
+/// model name checked the same way. On an `openai-compatible` deployment a
+/// prompt's answer has chat's shape, as that tag's clients read it.
 pub(super) async fn on_predict(call: Call, input: Value) -> Result<Reply, ApiError> {
     if input.get("messages").is_some() {
         generate::run(call, input, &chat::Chat).await
+    } else if call.deployment.spec().openai_compatible() {
+        generate::run(call, input, &completions::PromptAsChat).await
     } else {
         generate::run(call, input, &completions::Completions).await
     }
