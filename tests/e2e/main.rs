@@ -18,6 +18,7 @@ mod deploy_cli;
 mod deployments;
 mod kserve_api;
 mod lifecycle;
+mod logits_cli;
 mod manifests;
 mod metrics;
 mod openai_api;

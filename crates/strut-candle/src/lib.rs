@@ -22,6 +22,7 @@ mod input;
 mod llama;
 pub mod loader;
 pub mod params;
+pub mod probe;
 mod sampling;
 mod scheduler;
 pub mod text_stream;

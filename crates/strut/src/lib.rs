@@ -4,6 +4,8 @@
 
 mod cmd_config;
 mod cmd_init;
+#[cfg(feature = "candle")]
+mod cmd_logits;
 mod cmd_tokenizer;
 mod deploy_cli;
 mod logging;
@@ -68,6 +70,10 @@ enum Command {
         #[command(subcommand)]
         command: deploy_cli::DeploymentsCommand,
     },
+    /// Run a built-in generation model once and print its logits after a
+    /// prompt as JSON (numerical checks across devices).
+    #[cfg(feature = "candle")]
+    Logits(cmd_logits::LogitsArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +110,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Command::Tokenizer {
             command: TokenizerCommand::Export(args),
         } => cmd_tokenizer::export(&args, &registry),
+        #[cfg(feature = "candle")]
+        Command::Logits(args) => cmd_logits::run(&args),
         Command::Init(args) => match cmd_init::init(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
