@@ -147,6 +147,18 @@ async fn the_models_report_batches_and_tokens_to_the_metrics() {
     let texts = deployment_sample(&router, "strut_batch_size_sum", minilm.id()).await;
     assert!(batches >= 1.0, "{batches} batches");
     assert_eq!(texts, 3.0, "every text went through one forward pass");
+    // Which device serves is a series, not a guess from the log.
+    let metrics = send(
+        &router,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(body_bytes(metrics).await.to_vec()).unwrap();
+    let device = format!(
+        "strut_model_device_info{{deployment=\"{}\",device=\"cpu\",dtype=\"f32\"}} 1",
+        minilm.id()
+    );
+    assert!(text.contains(&device), "no {device} in\n{text}");
 
     let (router, smollm2) = serve_model("models/smollm2").await;
     let body = json!({"prompt": "Once upon a time", "max_tokens": 5, "ignore_eos": true, "temperature": 0})

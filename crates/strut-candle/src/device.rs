@@ -62,6 +62,15 @@ pub fn select(config: &Value, params: &CandleParams) -> Result<Placement, ModelE
     Ok(Placement { device, dtype })
 }
 
+/// The device as logs and metrics name it: `cpu`, `cuda:0`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_owned(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// Whether CUDA device 0 can be opened by this binary on this host.
 pub fn cuda_available() -> bool {
     cuda_device().is_ok()

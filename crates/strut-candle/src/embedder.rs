@@ -143,7 +143,8 @@ impl AsyncModel for SentenceEmbedder {
             &model_id,
             started,
             weights_bytes,
-            &placement.device,
+            &placement,
+            &self.ctx.telemetry,
         ));
         self.engine = Some(Arc::new(Engine {
             model_id,

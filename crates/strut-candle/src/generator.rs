@@ -132,7 +132,8 @@ impl AsyncModel for LlamaGenerator {
             &model_id,
             started,
             loaded.weights_bytes,
-            &placement.device,
+            &placement,
+            &self.ctx.telemetry,
         ));
         self.engine = Some(Arc::new(Engine {
             model_id,

@@ -14,7 +14,9 @@ use candle_core::safetensors::{Load, SliceSafetensors};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use strut_kernels::MappedFile;
-use strut_model::ModelError;
+use strut_model::{ModelError, Telemetry};
+
+use crate::device::Placement;
 
 static FILE_OPENS: AtomicU64 = AtomicU64::new(0);
 static BYTES_READ: AtomicU64 = AtomicU64::new(0);
@@ -266,7 +268,16 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    pub fn finish(model: &str, started: Instant, weights_bytes: u64, device: &Device) -> Self {
+    /// Logs the load and reports where the weights went to the server's
+    /// metrics (`strut_model_device_info`): which device serves is never a
+    /// guess.
+    pub fn finish(
+        model: &str,
+        started: Instant,
+        weights_bytes: u64,
+        placement: &Placement,
+        telemetry: &Telemetry,
+    ) -> Self {
         let report = LoadReport {
             seconds: started.elapsed().as_secs_f64(),
             weights_bytes,
@@ -274,11 +285,16 @@ impl LoadReport {
         };
         tracing::info!(
             model,
-            device = ?device,
+            device = %crate::device::name(&placement.device),
+            dtype = placement.dtype.as_str(),
             load_seconds = format!("{:.2}", report.seconds),
             weights = mib(weights_bytes),
             resident = report.resident_bytes.map(mib).unwrap_or_else(|| "unknown".into()),
             "model loaded"
+        );
+        telemetry.placement(
+            &crate::device::name(&placement.device),
+            placement.dtype.as_str(),
         );
         report
     }

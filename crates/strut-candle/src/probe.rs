@@ -65,17 +65,9 @@ pub fn last_logits(ctx: &InitContext, input: ProbeInput) -> Result<Logits, Model
         .flatten()
         .ok_or_else(|| ModelError::internal("the forward pass returned no logits"))?;
     Ok(Logits {
-        device: device_name(&placement.device),
+        device: crate::device::name(&placement.device),
         dtype: placement.dtype.as_str().to_owned(),
         tokens,
         logits,
     })
-}
-
-pub fn device_name(device: &candle_core::Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".to_owned(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
 }

@@ -56,6 +56,9 @@ pub trait TelemetrySink: Send + Sync + 'static {
     /// A prompt of `prompt_tokens` started from `reused` positions another
     /// sequence had computed.
     fn prefix_lookup(&self, _prompt_tokens: usize, _reused: usize) {}
+    /// Where the loaded weights live (`cpu`, `cuda:0`) and in which dtype,
+    /// so an operator sees which device serves without reading the log.
+    fn placement(&self, _device: &str, _dtype: &str) {}
 }
 
 /// A cheap, clonable handle a model keeps from its [`crate::InitContext`].
@@ -89,6 +92,12 @@ impl Telemetry {
     pub fn prefix_lookup(&self, prompt_tokens: usize, reused: usize) {
         if let Some(sink) = &self.0 {
             sink.prefix_lookup(prompt_tokens, reused);
+        }
+    }
+
+    pub fn placement(&self, device: &str, dtype: &str) {
+        if let Some(sink) = &self.0 {
+            sink.placement(device, dtype);
         }
     }
 }

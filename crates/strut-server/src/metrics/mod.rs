@@ -76,6 +76,7 @@ pub struct Metrics {
     pub tokens_per_second: Histograms<DeploymentLabels>,
     pub time_to_first_token: Histograms<DeploymentLabels>,
     pub scheduler: scheduler::SchedulerFamilies,
+    pub devices: Family<model::DeviceLabels, Gauge>,
 }
 
 /// Requests per forward pass: 1 to 512.
@@ -111,6 +112,7 @@ impl Metrics {
             tokens_per_second: Family::new_with_constructor(token_rates),
             time_to_first_token: Family::new_with_constructor(latency),
             scheduler: scheduler::SchedulerFamilies::new(&mut registry),
+            devices: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +194,11 @@ impl Metrics {
             "time_to_first_token_seconds",
             "Generations: from the start of prefill to the first token, as the model measured it",
             m.time_to_first_token.clone(),
+        );
+        registry.register(
+            "model_device_info",
+            "1 for the device and dtype a deployment's model was loaded onto",
+            m.devices.clone(),
         );
         Self { registry, ..m }
     }

@@ -3,7 +3,10 @@
 
 use std::sync::OnceLock;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use strut_model::{GenerationStats, SchedulerStep, TelemetrySink};
 
@@ -24,6 +27,17 @@ struct Bound {
     tokens_per_second: Histogram,
     time_to_first_token: Histogram,
     scheduler: SchedulerSeries,
+    deployment: String,
+    devices: Family<DeviceLabels, Gauge>,
+}
+
+/// `strut_model_device_info{deployment, device, dtype} 1`: which device
+/// serves a deployment, as its model reported at load.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub deployment: String,
+    pub device: String,
+    pub dtype: String,
 }
 
 impl ModelTelemetry {
@@ -36,6 +50,8 @@ impl ModelTelemetry {
             tokens_per_second: metrics.tokens_per_second.get_or_create(&labels).clone(),
             time_to_first_token: metrics.time_to_first_token.get_or_create(&labels).clone(),
             scheduler: metrics.scheduler.bind(&labels),
+            deployment: deployment.to_owned(),
+            devices: metrics.devices.clone(),
         });
     }
 }
@@ -64,6 +80,17 @@ impl TelemetrySink for ModelTelemetry {
     fn scheduler_step(&self, step: &SchedulerStep) {
         if let Some(m) = self.0.get() {
             m.scheduler.step(step);
+        }
+    }
+
+    fn placement(&self, device: &str, dtype: &str) {
+        if let Some(m) = self.0.get() {
+            let labels = DeviceLabels {
+                deployment: m.deployment.clone(),
+                device: device.to_owned(),
+                dtype: dtype.to_owned(),
+            };
+            m.devices.get_or_create(&labels).set(1);
         }
     }
 
