@@ -3,8 +3,8 @@
 # strut's image: `strut serve /model` on port 8080 as a non-root user.
 #
 #   docker build -t strut .                                    # CPU (the default)
-#   docker build -t strut:cuda --build-arg VARIANT=cuda \
-#                --build-arg CUDA_COMPUTE_CAP=90 .             # CUDA, for H100s
+#   docker build -t strut:cuda --build-arg VARIANT=cuda .      # CUDA 13.0, for H100/H200
+#   docker build -t strut:cuda-a100 --build-arg VARIANT=cuda --build-arg CUDA_COMPUTE_CAP=80 .
 #   docker build -t strut:stream --build-arg MODEL_DIR=models/stream .
 #
 #   docker run -p 8080:8080 strut                              # the baked-in model
@@ -18,7 +18,6 @@
 
 ARG VARIANT=cpu
 ARG RUST_VERSION=1.95
-ARG CUDA_VERSION=12.4.1
 
 # ---- toolchain --------------------------------------------------------------
 FROM rust:${RUST_VERSION}-bookworm AS rust
@@ -27,26 +26,22 @@ FROM rust:${RUST_VERSION}-bookworm AS rust
 FROM rust AS build-cpu
 ENV STRUT_FEATURES=""
 
-# NVIDIA's devel image has nvcc and the CUDA headers that candle's kernels
-# compile against, but no Rust: the toolchain is copied from the official Rust
-# image (rustup's binaries target an old glibc, so they run on Ubuntu 22.04).
-FROM nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu22.04 AS build-cuda
-# candle's kernels are compiled for one compute capability, and there is no GPU
-# to ask during `docker build`: 80 = A100, 86 = A10G, 89 = L4/L40S, 90 = H100/H200.
-ARG CUDA_COMPUTE_CAP=80
+# The CUDA build is CI's (scripts/cuda-build.sh): CUDA 13.0's compiler and
+# libraries from PyPI wheels, pinned to what driver 580 loads, so the image
+# is built exactly as every CI run builds and links it. candle's kernels are
+# compiled for one compute capability (no GPU to ask during `docker build`):
+# 80 = A100, 86 = A10G, 89 = L4/L40S, 90 = H100/H200.
+FROM rust AS build-cuda
+ARG CUDA_COMPUTE_CAP=90
 ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
-    RUSTUP_HOME=/usr/local/rustup \
-    CARGO_HOME=/usr/local/cargo \
-    PATH=/usr/local/cargo/bin:${PATH} \
+    STRUT_CUDA_CACHE=/opt/strut-cuda \
     STRUT_FEATURES=cuda
-# Pinning Ubuntu package versions breaks the build whenever the archive moves on;
-# the base image tag is the pin that matters.
+# Pinning Debian package versions breaks the build whenever the archive moves
+# on; the base image tag is the pin that matters.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev pkg-config \
+ && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=rust /usr/local/rustup /usr/local/rustup
-COPY --from=rust /usr/local/cargo /usr/local/cargo
 
 # hadolint's "untagged image" check cannot see that these name stages above.
 # hadolint ignore=DL3006
@@ -55,16 +50,29 @@ WORKDIR /src
 COPY . .
 # The registry cache survives rebuilds; target/ is not cached because the two
 # variants build on different distributions and must not share build scripts.
+# The CUDA libraries the binary links by soname go to /opt/strut-cuda/lib
+# for the runtime stage.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    cargo build --release --locked -p strut ${STRUT_FEATURES:+--features "$STRUT_FEATURES"} \
+    if [ "$STRUT_FEATURES" = cuda ]; then \
+      STRUT_CUDA_TARGET=target bash scripts/cuda-build.sh \
+      && mkdir -p /opt/strut-cuda/lib \
+      && cp -L /opt/strut-cuda/cuda-13.0/lib/python3*/site-packages/nvidia/cu13/lib/lib*.so.* /opt/strut-cuda/lib/; \
+    else \
+      cargo build --release --locked -p strut; \
+    fi \
  && install -m 0755 target/release/strut /usr/local/bin/strut
 
 # ---- runtime stages, one per variant ----------------------------------------
 FROM debian:bookworm-slim AS runtime-cpu
 
-# libcudart, cuBLAS and cuDNN come with the runtime image; the driver comes from
-# the host through the NVIDIA container toolkit.
-FROM nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-ubuntu22.04 AS runtime-cuda
+# libcudart, cuBLAS, cuRAND and NVRTC from the build's wheels; the driver
+# (libcuda) comes from the host through the NVIDIA container toolkit, which
+# these two variables ask for.
+FROM debian:bookworm-slim AS runtime-cuda
+COPY --from=build /opt/strut-cuda/lib/ /usr/local/lib/strut-cuda/
+ENV LD_LIBRARY_PATH=/usr/local/lib/strut-cuda \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # hadolint ignore=DL3006
 FROM runtime-${VARIANT}
