@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives a running strut with the official `openai` Python SDK and checks
 what comes back: chat, streaming chat with the usage chunk, completions,
-embeddings (float and the SDK's default base64) and errors.
+logprobs, embeddings (float and the SDK's default base64) and errors.
 
     strut serve models/smollm2 &
     strut serve models/minilm --port 8081 &
@@ -128,6 +128,41 @@ def check_completions(client, model):
     return repr(text)
 
 
+def check_logprobs(client, model):
+    """Each token's logprob <= 0, the alternatives best first with at most
+    probability 1 between them, greedy picking the best, the tokens' bytes
+    spelling the answer; streamed the same; completions' parallel lists."""
+    reply = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=16, temperature=0, logprobs=True, top_logprobs=5
+    )
+    content = reply.choices[0].logprobs.content
+    expect(content, f"no logprobs in {reply}")
+    spelled = b""
+    for entry in content:
+        tops = [t.logprob for t in entry.top_logprobs]
+        expect(len(tops) == 5, f"{len(tops)} alternatives")
+        expect(entry.logprob <= 0, f"logprob {entry.logprob}")
+        expect(tops == sorted(tops, reverse=True), f"not best first: {tops}")
+        expect(sum(math.exp(t) for t in tops) <= 1 + 1e-6, f"probabilities {tops}")
+        expect(entry.top_logprobs[0].token == entry.token, f"greedy chose {entry.token!r}")
+        spelled += bytes(entry.bytes)
+    expect(spelled.decode() == reply.choices[0].message.content, f"{spelled!r}")
+    chunks = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=16, temperature=0, logprobs=True, top_logprobs=5,
+        stream=True,
+    )
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    expect([(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content],
+           "streamed logprobs differ")
+    completion = client.completions.create(
+        model=model, prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=3
+    )
+    lp = completion.choices[0].logprobs
+    expect("".join(lp.tokens) == completion.choices[0].text, f"{lp.tokens}")
+    expect(len(lp.token_logprobs) == len(lp.tokens) == len(lp.text_offset), "parallel lists")
+    return f"{len(content)} chat tokens, mean logprob {sum(e.logprob for e in content) / len(content):.3f}"
+
+
 def check_errors(client, model):
     try:
         client.chat.completions.create(model=model, messages=QUESTION, n=2)
@@ -190,6 +225,7 @@ def main():
             ("chat stream", lambda: check_chat_stream(client, model, greedy["text"], greedy["usage"])),
             ("exact length", lambda: check_exact_length(client, model)),
             ("completions", lambda: check_completions(client, model)),
+            ("logprobs", lambda: check_logprobs(client, model)),
             ("errors", lambda: check_errors(client, model)),
         ]
     if args.embedding_model:

@@ -21,6 +21,7 @@ pub mod hub;
 mod input;
 mod llama;
 pub mod loader;
+mod logprobs;
 pub mod params;
 pub mod probe;
 mod sampling;

@@ -40,6 +40,9 @@ pub fn validate(params: &SamplingParams) -> Result<(), ModelError> {
             params.min_tokens
         ));
     }
+    if params.logprobs.is_some_and(|n| n > 20) {
+        return bad("logprobs: at most 20 alternatives per token".into());
+    }
     if params.stop.iter().any(String::is_empty) {
         return bad("stop sequences must not be empty strings".into());
     }

@@ -72,17 +72,19 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// Holds back token texts while they could still be the start of a stop
 /// sequence, and cuts the output before the first stop sequence.
-pub struct StopFilter {
+/// Each text carries its token's `T` (its id, and whatever else goes out
+/// with it) through the filter.
+pub struct StopFilter<T = u32> {
     stops: Vec<String>,
-    pending: Vec<(u32, String)>,
+    pending: Vec<(T, String)>,
 }
 
-pub struct Filtered {
-    pub ready: Vec<(u32, String)>,
+pub struct Filtered<T = u32> {
+    pub ready: Vec<(T, String)>,
     pub stopped: bool,
 }
 
-impl StopFilter {
+impl<T> StopFilter<T> {
     pub fn new(stops: Vec<String>) -> Self {
         Self {
             stops,
@@ -90,7 +92,7 @@ impl StopFilter {
         }
     }
 
-    pub fn push(&mut self, id: u32, text: String) -> Filtered {
+    pub fn push(&mut self, id: T, text: String) -> Filtered<T> {
         self.pending.push((id, text));
         let joined: String = self.pending.iter().map(|(_, t)| t.as_str()).collect();
         let first_stop = self
@@ -132,7 +134,7 @@ impl StopFilter {
     }
 
     /// Everything held back, once generation ends for another reason.
-    pub fn finish(&mut self) -> Vec<(u32, String)> {
+    pub fn finish(&mut self) -> Vec<(T, String)> {
         std::mem::take(&mut self.pending)
     }
 

@@ -45,6 +45,10 @@ pub struct SamplingParams {
     /// `min_tokens`): the model's end tokens are masked until then. Stop
     /// sequences still apply.
     pub min_tokens: u32,
+    /// Report each generated token's log-probability, with this many of the
+    /// most likely alternatives (0 to 20; OpenAI's `top_logprobs`); `None`
+    /// reports none.
+    pub logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -59,6 +63,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             min_tokens: 0,
+            logprobs: None,
         }
     }
 }
@@ -91,12 +96,40 @@ pub struct Usage {
 }
 
 /// One step of a generation. `Token::text` always holds complete UTF-8: a
-/// character split across tokens arrives with the token that completes it.
+/// character split across tokens arrives with the token that completes it
+/// (so a token's text can be empty). `logprob` is there when the request's
+/// [`SamplingParams::logprobs`] asked for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GenerationEvent {
-    Token { id: u32, text: String },
-    Finished { reason: FinishReason, usage: Usage },
+    Token {
+        id: u32,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+}
+
+/// A generated token's log-probability under the model's own distribution
+/// (before temperature, penalties or masks, as vLLM reports by default), and
+/// the most likely tokens at that step, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: TokenText,
+    pub logprob: f32,
+    pub top: Vec<(TokenText, f32)>,
+}
+
+/// A vocabulary entry as text, and its exact bytes: a token that is part of
+/// a multi-byte character has no text of its own (OpenAI's `bytes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenText {
+    pub text: String,
+    pub bytes: Vec<u8>,
 }
 
 pub type GenerationStream = Pin<Box<dyn Stream<Item = Result<GenerationEvent, ModelError>> + Send>>;

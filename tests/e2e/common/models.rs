@@ -380,6 +380,7 @@ fn script(
         events.push(GenerationEvent::Token {
             id: id as u32,
             text,
+            logprob: None,
         });
         if stopped {
             stop_hit = true;
@@ -392,7 +393,11 @@ fn script(
         stops.flush()
     };
     if !tail.is_empty() {
-        events.push(GenerationEvent::Token { id: 0, text: tail });
+        events.push(GenerationEvent::Token {
+            id: 0,
+            text: tail,
+            logprob: None,
+        });
     }
     events.push(GenerationEvent::Finished {
         reason,

@@ -91,9 +91,23 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             CHAT,
-            chat(json!({"logprobs": true})),
+            chat(json!({"logprobs": true, "top_logprobs": 21})),
             400,
-            "unsupported_parameter",
+            "invalid_parameter",
+            Some("top_logprobs"),
+        ),
+        (
+            CHAT,
+            chat(json!({"top_logprobs": 2})),
+            400,
+            "invalid_parameter",
+            Some("top_logprobs"),
+        ),
+        (
+            CHAT,
+            chat(json!({"logprobs": "yes"})),
+            400,
+            "invalid_parameter",
             Some("logprobs"),
         ),
         (
@@ -203,9 +217,9 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             COMPLETIONS,
-            json!({"prompt": "hi", "logprobs": 0}),
+            json!({"prompt": "hi", "logprobs": 21}),
             400,
-            "unsupported_parameter",
+            "invalid_parameter",
             Some("logprobs"),
         ),
         (

@@ -116,3 +116,121 @@ async fn minilm_embeds_unit_vectors_as_floats_and_base64() {
         .collect();
     assert_eq!(decoded, vectors[0], "base64 carries the same f32s");
 }
+
+/// Logprobs in OpenAI's two shapes, streamed and not: each generated token
+/// once, its logprob a log-probability (<= 0) that greedy decoding makes the
+/// best of its step, alternatives best first, and their probabilities
+/// summing to at most 1.
+#[tokio::test]
+async fn smollm2_reports_logprobs_for_every_token() {
+    let (router, _d) = serve_model("models/smollm2").await;
+    let messages = json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]);
+    let body = json!({"model": "smollm2-135m-instruct", "messages": messages, "max_tokens": 12,
+                      "temperature": 0, "logprobs": true, "top_logprobs": 3});
+    let reply = post(&router, "/v1/chat/completions", &body).await.json();
+    let content = reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    // Every generated token but the end-of-turn token that stopped it,
+    // which is not part of the answer.
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop", "{reply}");
+    assert_eq!(
+        content.len() as u64 + 1,
+        reply["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{reply}"
+    );
+    let mut text = Vec::new();
+    for entry in &content {
+        let logprob = entry["logprob"].as_f64().unwrap();
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{entry}");
+        assert!(logprob <= 0.0, "{entry}");
+        assert_eq!(
+            top[0]["token"], entry["token"],
+            "greedy picks the best: {entry}"
+        );
+        assert!((top[0]["logprob"].as_f64().unwrap() - logprob).abs() < 1e-6);
+        let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "best first: {lps:?}");
+        assert!(lps.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-6);
+        text.extend(
+            entry["bytes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8),
+        );
+    }
+    let answer = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        answer,
+        "the tokens' bytes spell the answer"
+    );
+    assert!(answer.contains("Paris"), "{answer}");
+
+    // Streamed: the same entries, one per chunk.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = post(&router, "/v1/chat/completions", &streamed).await.text;
+    let entries: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(entries, content);
+
+    // Without the fields, `logprobs` is null as before.
+    let plain = json!({"model": "smollm2-135m-instruct", "messages": messages, "max_tokens": 2});
+    let reply = post(&router, "/v1/chat/completions", &plain).await.json();
+    assert!(reply["choices"][0]["logprobs"].is_null(), "{reply}");
+
+    // Completions: parallel lists, offsets into the text, and the sampled
+    // token always among the alternatives (vLLM's rule).
+    let body = json!({"model": "smollm2-135m-instruct", "prompt": "The capital of France is",
+                      "max_tokens": 6, "temperature": 0, "logprobs": 2});
+    let reply = post(&router, "/v1/completions", &body).await.json();
+    let lp = &reply["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 6, "{reply}");
+    assert_eq!(
+        tokens.concat(),
+        reply["choices"][0]["text"].as_str().unwrap()
+    );
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        assert!(top.as_object().unwrap().len() <= 3, "{top}");
+        assert_eq!(top[tokens[i]], lp["token_logprobs"][i], "{top}");
+    }
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let events = post(&router, "/v1/completions", &streamed).await.text;
+    let streamed_tokens: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .filter_map(|c| c["choices"][0]["logprobs"]["tokens"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed_tokens, lp["tokens"].as_array().unwrap().clone());
+}

@@ -5,12 +5,15 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use strut_model::capabilities::{FinishReason, GenerateRequest, GenerationEvent, Usage};
+use strut_model::capabilities::{
+    FinishReason, GenerateRequest, GenerationEvent, TokenLogprob, Usage,
+};
 use strut_model::{GenerationStats, ModelError, RequestContext, Telemetry};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::llama::SeqState;
+use crate::logprobs::StepLogprobs;
 use crate::sampling::Sampler;
 use crate::text_stream::{Detokenizer, StopFilter};
 
@@ -56,8 +59,10 @@ pub struct Sequence<'t> {
     pub tokens: Vec<u32>,
     pub reserved: usize,
     sampler: Sampler,
+    tokenizer: &'t Tokenizer,
     detok: Detokenizer<'t>,
-    stops: StopFilter,
+    /// Each token's text with its id and, when asked for, its logprobs.
+    stops: StopFilter<(u32, Option<TokenLogprob>)>,
     generated: usize,
     started: Instant,
     first_token: Option<Duration>,
@@ -69,6 +74,7 @@ impl<'t> Sequence<'t> {
         let params = &job.request.params;
         Self {
             sampler: Sampler::new(params),
+            tokenizer,
             detok: Detokenizer::new(tokenizer),
             stops: StopFilter::new(params.stop.clone()),
             tokens: job.prompt.clone(),
@@ -99,6 +105,9 @@ impl<'t> Sequence<'t> {
         eos_ids: &BTreeSet<u32>,
     ) -> Result<Option<FinishReason>, ModelError> {
         let params = &self.job.request.params;
+        let step = params
+            .logprobs
+            .map(|top| StepLogprobs::new(&logits, top as usize));
         let mut logits = logits;
         if !params.ignore_eos && (self.generated as u64) < u64::from(params.min_tokens) {
             for &id in eos_ids {
@@ -122,9 +131,10 @@ impl<'t> Sequence<'t> {
             return Ok(Some(FinishReason::Stop));
         }
         let text = self.detok.step(next).map_err(ModelError::internal)?;
-        let filtered = self.stops.push(next, text);
-        for (id, text) in filtered.ready {
-            self.send(GenerationEvent::Token { id, text });
+        let logprob = step.map(|step| step.report(next, self.tokenizer));
+        let filtered = self.stops.push((next, logprob), text);
+        for ((id, logprob), text) in filtered.ready {
+            self.send(GenerationEvent::Token { id, text, logprob });
         }
         if filtered.stopped {
             self.stop_sequence_hit = true;
@@ -149,10 +159,10 @@ impl<'t> Sequence<'t> {
                     if let Some(last) = rest.last_mut() {
                         last.1.push_str(&tail);
                     } else if !tail.is_empty() {
-                        rest.push((*self.tokens.last().unwrap_or(&0), tail));
+                        rest.push(((*self.tokens.last().unwrap_or(&0), None), tail));
                     }
-                    for (id, text) in rest {
-                        self.send(GenerationEvent::Token { id, text });
+                    for ((id, logprob), text) in rest {
+                        self.send(GenerationEvent::Token { id, text, logprob });
                     }
                 }
                 Err(err) => {

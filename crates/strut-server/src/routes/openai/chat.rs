@@ -5,10 +5,11 @@
 use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use strut_model::capabilities::{ChatMessage, FinishReason, Prompt, Usage};
+use strut_model::capabilities::{ChatMessage, FinishReason, Prompt};
 
-use super::fields::{Fields, Off, invalid, is_empty, is_false, is_zero, never, unsupported};
-use super::generate::{Endpoint, Meta, Names, UsageBody};
+use super::fields::{Fields, Off, invalid, is_empty, is_zero, never, unsupported};
+use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
+use super::logprobs::{self, Placed};
 use crate::ApiError;
 use crate::pipeline::Reply;
 
@@ -31,27 +32,26 @@ impl Endpoint for Chat {
         take_messages(fields)
     }
 
-    /// The first chunk names the speaker, with empty content, as OpenAI's does.
-    fn opening(&self, meta: &Meta) -> Option<Event> {
-        Some(delta_chunk(meta, Some("assistant"), Some(""), None))
+    fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
+        logprobs::take_chat(fields)
     }
 
-    fn token(&self, meta: &Meta, text: &str) -> Event {
-        delta_chunk(meta, None, Some(text), None)
+    /// The first chunk names the speaker, with empty content, as OpenAI's does.
+    fn opening(&self, meta: &Meta) -> Option<Event> {
+        Some(delta_chunk(meta, Some("assistant"), Some(""), None, None))
+    }
+
+    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
+        let logprobs = logprob.map(|(_, lp)| logprobs::chat([lp]));
+        delta_chunk(meta, None, Some(text), logprobs, None)
     }
 
     fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
-        delta_chunk(meta, None, None, Some(reason))
+        delta_chunk(meta, None, None, None, Some(reason))
     }
 
-    fn response(
-        &self,
-        meta: &Meta,
-        text: String,
-        reason: FinishReason,
-        usage: Usage,
-    ) -> Result<Reply, ApiError> {
-        Reply::document(&response(meta, text, reason, usage))
+    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
+        Reply::document(&response(meta, answer))
     }
 }
 
@@ -70,14 +70,6 @@ const OFF: &[Off] = &[
     },
     Off {
         name: "frequency_penalty",
-        is_off: is_zero,
-    },
-    Off {
-        name: "logprobs",
-        is_off: is_false,
-    },
-    Off {
-        name: "top_logprobs",
         is_off: is_zero,
     },
     Off {
@@ -259,7 +251,7 @@ struct Completion<'a> {
 struct Choice {
     index: u32,
     message: Message,
-    logprobs: (),
+    logprobs: Option<Value>,
     finish_reason: FinishReason,
 }
 
@@ -269,7 +261,13 @@ struct Message {
     content: String,
 }
 
-fn response(meta: &Meta, text: String, reason: FinishReason, usage: Usage) -> impl Serialize + '_ {
+fn response(meta: &Meta, answer: Answer) -> impl Serialize + '_ {
+    let Answer {
+        text,
+        logprobs,
+        reason,
+        usage,
+    } = answer;
     Completion {
         id: &meta.id,
         object: "chat.completion",
@@ -281,7 +279,7 @@ fn response(meta: &Meta, text: String, reason: FinishReason, usage: Usage) -> im
                 role: "assistant",
                 content: text,
             },
-            logprobs: (),
+            logprobs: logprobs.map(|list| logprobs::chat(list.iter().map(|(_, lp)| lp))),
             finish_reason: reason,
         }],
         usage: usage.into(),
@@ -292,7 +290,7 @@ fn response(meta: &Meta, text: String, reason: FinishReason, usage: Usage) -> im
 struct DeltaChoice<'a> {
     index: u32,
     delta: Delta<'a>,
-    logprobs: (),
+    logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 }
 
@@ -308,12 +306,13 @@ fn delta_chunk(
     meta: &Meta,
     role: Option<&'static str>,
     content: Option<&str>,
+    logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 ) -> Event {
     let choice = DeltaChoice {
         index: 0,
         delta: Delta { role, content },
-        logprobs: (),
+        logprobs,
         finish_reason,
     };
     crate::sse::json(&meta.chunk(&[choice], None))

@@ -7,9 +7,10 @@ use serde_json::Value;
 use strut_model::capabilities::{FinishReason, Prompt, Usage};
 
 use super::fields::{
-    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, never, unsupported,
+    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, unsupported,
 };
-use super::generate::{Endpoint, Meta, Names, UsageBody};
+use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
+use super::logprobs::{self, Placed};
 use crate::ApiError;
 use crate::pipeline::Reply;
 
@@ -25,22 +26,28 @@ impl Endpoint for Completions {
         take_prompt(fields)
     }
 
-    fn token(&self, meta: &Meta, text: &str) -> Event {
-        text_chunk(meta, text, None)
+    fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
+        logprobs::take_completions(fields)
+    }
+
+    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
+        let logprobs = logprob.map(|placed| logprobs::completions([placed]));
+        text_chunk(meta, text, logprobs, None)
     }
 
     fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
-        text_chunk(meta, "", Some(reason))
+        text_chunk(meta, "", None, Some(reason))
     }
 
-    fn response(
-        &self,
-        meta: &Meta,
-        text: String,
-        reason: FinishReason,
-        usage: Usage,
-    ) -> Result<Reply, ApiError> {
-        Reply::document(&response(meta, &text, reason, usage))
+    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
+        let logprobs = answer.logprobs.as_ref().map(logprobs::completions);
+        Reply::document(&response(
+            meta,
+            &answer.text,
+            logprobs,
+            answer.reason,
+            answer.usage,
+        ))
     }
 }
 
@@ -61,11 +68,6 @@ const OFF: &[Off] = &[
     Off {
         name: "frequency_penalty",
         is_off: is_zero,
-    },
-    // Any number of log probabilities, 0 included, asks for them.
-    Off {
-        name: "logprobs",
-        is_off: never,
     },
     Off {
         name: "logit_bias",
@@ -126,13 +128,14 @@ struct Completion<'a> {
 struct Choice<'a> {
     index: u32,
     text: &'a str,
-    logprobs: (),
+    logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 }
 
 fn response<'a>(
     meta: &'a Meta,
     text: &'a str,
+    logprobs: Option<Value>,
     reason: FinishReason,
     usage: Usage,
 ) -> impl Serialize + 'a {
@@ -144,18 +147,23 @@ fn response<'a>(
         choices: [Choice {
             index: 0,
             text,
-            logprobs: (),
+            logprobs,
             finish_reason: Some(reason),
         }],
         usage: usage.into(),
     }
 }
 
-fn text_chunk(meta: &Meta, text: &str, finish_reason: Option<FinishReason>) -> Event {
+fn text_chunk(
+    meta: &Meta,
+    text: &str,
+    logprobs: Option<Value>,
+    finish_reason: Option<FinishReason>,
+) -> Event {
     let choice = Choice {
         index: 0,
         text,
-        logprobs: (),
+        logprobs,
         finish_reason,
     };
     crate::sse::json(&meta.chunk(&[choice], None))
@@ -181,25 +189,24 @@ impl Endpoint for PromptAsChat {
         take_prompt(fields)
     }
 
+    /// As completions take it: the body is a completions request.
+    fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
+        logprobs::take_completions(fields)
+    }
+
     fn opening(&self, meta: &Meta) -> Option<Event> {
         super::chat::Chat.opening(meta)
     }
 
-    fn token(&self, meta: &Meta, text: &str) -> Event {
-        super::chat::Chat.token(meta, text)
+    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
+        super::chat::Chat.token(meta, text, logprob)
     }
 
     fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
         super::chat::Chat.finish(meta, reason)
     }
 
-    fn response(
-        &self,
-        meta: &Meta,
-        text: String,
-        reason: FinishReason,
-        usage: Usage,
-    ) -> Result<Reply, ApiError> {
-        super::chat::Chat.response(meta, text, reason, usage)
+    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
+        super::chat::Chat.response(meta, answer)
     }
 }

@@ -14,6 +14,7 @@ use strut_model::capabilities::{
 };
 
 use super::fields::{Fields, Off};
+use super::logprobs::Placed;
 use super::params::{self, Options};
 use super::{served_name, sse, unix_now};
 use crate::ApiError;
@@ -29,20 +30,27 @@ pub(super) type Events = BoxStream<'static, Result<GenerationEvent, ApiError>>;
 pub(super) trait Endpoint: Sync {
     fn names(&self) -> &'static Names;
     fn take_prompt(&self, fields: &mut Fields) -> Result<Prompt, ApiError>;
+    /// How many alternatives per token the request's `logprobs` fields ask
+    /// for; `None` when it asks for no logprobs.
+    fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError>;
     /// What a stream sends before its first token.
     fn opening(&self, _meta: &Meta) -> Option<Event> {
         None
     }
-    fn token(&self, meta: &Meta, text: &str) -> Event;
+    /// A token's chunk: its text (possibly empty, when it holds part of a
+    /// character) and, when asked for, its logprobs.
+    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event;
     fn finish(&self, meta: &Meta, reason: FinishReason) -> Event;
-    /// The whole answer as one document.
-    fn response(
-        &self,
-        meta: &Meta,
-        text: String,
-        reason: FinishReason,
-        usage: Usage,
-    ) -> Result<Reply, ApiError>;
+    /// The whole answer as one document; `logprobs` is `Some` when asked for.
+    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError>;
+}
+
+/// A generation collected whole.
+pub(super) struct Answer {
+    pub text: String,
+    pub logprobs: Option<Vec<Placed>>,
+    pub reason: FinishReason,
+    pub usage: Usage,
 }
 
 /// An endpoint's fixed names and field lists.
@@ -77,10 +85,12 @@ pub(super) async fn run(
     let prompt = endpoint.take_prompt(&mut fields)?;
     let Options {
         model: requested,
-        params,
+        mut params,
         stream,
         include_usage,
     } = params::take(&mut fields)?;
+    params.logprobs = endpoint.take_logprobs(&mut fields)?;
+    let logprobs = params.logprobs.is_some();
     fields.finish(endpoint.names().ignored, endpoint.names().off)?;
     let name = served_name(
         requested,
@@ -101,7 +111,7 @@ pub(super) async fn run(
     // The head waits for the first event, so a generation that fails at
     // once gets its own status rather than a 200 carrying an error event.
     let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
-    let meta = Meta::new(endpoint, name, include_usage);
+    let meta = Meta::new(endpoint, name, include_usage, logprobs);
     if stream {
         call.observe_inference(slot.taken);
         let first_byte = call
@@ -117,11 +127,10 @@ pub(super) async fn run(
             call.arrived,
         )))
     } else {
-        let done = collect(first, events).await;
+        let done = collect(first, events, logprobs).await;
         drop(slot.permit);
         call.observe_inference(slot.taken);
-        let (text, reason, usage) = done?;
-        endpoint.response(&meta, text, reason, usage)
+        endpoint.response(&meta, done?)
     }
 }
 
@@ -169,13 +178,33 @@ fn check_context(
 async fn collect(
     first: GenerationEvent,
     mut rest: Events,
-) -> Result<(String, FinishReason, Usage), ApiError> {
+    want_logprobs: bool,
+) -> Result<Answer, ApiError> {
     let mut text = String::new();
+    let mut chars = 0;
+    let mut logprobs = want_logprobs.then(Vec::new);
     let mut next = Some(Ok(first));
     loop {
         match next.take().unwrap_or_else(|| Err(unfinished()))? {
-            GenerationEvent::Token { text: piece, .. } => text.push_str(&piece),
-            GenerationEvent::Finished { reason, usage } => return Ok((text, reason, usage)),
+            GenerationEvent::Token {
+                text: piece,
+                logprob,
+                ..
+            } => {
+                if let (Some(list), Some(lp)) = (logprobs.as_mut(), logprob) {
+                    list.push((chars, lp));
+                }
+                chars += piece.chars().count();
+                text.push_str(&piece);
+            }
+            GenerationEvent::Finished { reason, usage } => {
+                return Ok(Answer {
+                    text,
+                    logprobs,
+                    reason,
+                    usage,
+                });
+            }
         }
         next = rest.next().await;
     }
@@ -196,10 +225,17 @@ pub(super) struct Meta {
     /// `stream_options.include_usage`: every chunk carries `usage` (null
     /// until the last).
     pub include_usage: bool,
+    /// The request asked for logprobs.
+    pub logprobs: bool,
 }
 
 impl Meta {
-    fn new(endpoint: &'static dyn Endpoint, model: String, include_usage: bool) -> Self {
+    fn new(
+        endpoint: &'static dyn Endpoint,
+        model: String,
+        include_usage: bool,
+        logprobs: bool,
+    ) -> Self {
         Self {
             endpoint,
             id: format!(
@@ -210,6 +246,7 @@ impl Meta {
             created: unix_now(),
             model,
             include_usage,
+            logprobs,
         }
     }
 

@@ -10,6 +10,7 @@ mod embeddings;
 mod error;
 mod fields;
 mod generate;
+mod logprobs;
 mod models;
 mod params;
 mod sse;

@@ -28,6 +28,7 @@ pub(super) fn generation(
         rest,
         opened: false,
         done: false,
+        chars: 0,
         _permit: permit,
     };
     stream::unfold(framer, |mut framer| async move {
@@ -44,12 +45,15 @@ struct Framer {
     rest: Events,
     opened: bool,
     done: bool,
+    /// Characters sent so far: where the next token's text starts.
+    chars: usize,
     _permit: Permit,
 }
 
 impl Framer {
     /// The events of the next generation step that has any: empty tokens
-    /// (text held back by the model) send nothing.
+    /// (text held back by the model) send nothing, unless they carry
+    /// logprobs.
     async fn next_events(&mut self) -> Option<Vec<Event>> {
         if self.done {
             return None;
@@ -67,8 +71,15 @@ impl Framer {
                 None => self.rest.next().await.unwrap_or_else(|| Err(unfinished())),
             };
             match event {
-                Ok(GenerationEvent::Token { text, .. }) if text.is_empty() => continue,
-                Ok(GenerationEvent::Token { text, .. }) => out.push(endpoint.token(meta, &text)),
+                Ok(GenerationEvent::Token { text, logprob, .. }) => {
+                    let logprob = logprob.filter(|_| meta.logprobs);
+                    if text.is_empty() && logprob.is_none() {
+                        continue;
+                    }
+                    let placed = logprob.map(|lp| (self.chars, lp));
+                    self.chars += text.chars().count();
+                    out.push(endpoint.token(meta, &text, placed.as_ref()));
+                }
                 Ok(GenerationEvent::Finished { reason, usage }) => {
                     out.push(endpoint.finish(meta, reason));
                     if meta.include_usage {
