@@ -82,8 +82,11 @@ export CUDA_HOME="$cuda" NVCC="$cuda/bin/nvcc" PATH="$cuda/bin:$PATH"
 # cuda_fp16.h includes CCCL's <nv/target>, which its wheel keeps apart.
 export NVCC_APPEND_FLAGS="-I$cuda/include/cccl ${NVCC_APPEND_FLAGS:-}"
 export CARGO_TARGET_DIR="$target"
+# No debug info: the binary that travels is stripped anyway, and line tables
+# for candle's CUDA build add ~1 GB to the target dir of a CI disk.
+export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-false}"
 if [ "$print_env" = 1 ]; then
-  for var in CUDA_HOME NVCC PATH NVCC_APPEND_FLAGS CARGO_TARGET_DIR CUDA_COMPUTE_CAP; do
+  for var in CUDA_HOME NVCC PATH NVCC_APPEND_FLAGS CARGO_TARGET_DIR CUDA_COMPUTE_CAP CARGO_PROFILE_RELEASE_DEBUG; do
     printf 'export %s=%q\n' "$var" "${!var}"
   done
   exit 0

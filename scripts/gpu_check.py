@@ -267,10 +267,12 @@ def strut_logits(bin, dir, tokens, cpu):
     return np.array(reply["logits"], np.float64), reply["device"], reply["dtype"]
 
 
-def gpu_memory_mib(pid):
-    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+def gpu_memory_used_mib():
+    """The card's used memory: what a process added is the difference (a
+    per-process reading can miss processes in another PID namespace)."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True).stdout
-    return sum(int(m) for p, m in (line.split(",") for line in out.strip().splitlines() if line) if int(p) == pid)
+    return int(out.strip().splitlines()[0])
 
 
 # ---------------------------------------------------------------- inputs
@@ -363,7 +365,7 @@ def main():
         results[f"{name}_cuda_vs_cpu_max_abs"] = d
         ids = torch.tensor([tokens], device="cuda")
         for dt, mine, label in ((torch.float16, gpu, "CUDA f16"), (torch.float32, cpu, "CPU f32")):
-            ref = LlamaForCausalLM.from_pretrained(weights, torch_dtype=dt, attn_implementation="eager").cuda()
+            ref = LlamaForCausalLM.from_pretrained(weights, dtype=dt, attn_implementation="eager").cuda()
             with torch.no_grad():
                 theirs = ref(ids).logits[0, -1].float().cpu().numpy()
             del ref
@@ -449,9 +451,11 @@ def speed(args, work, rng, row, results, torch, LlamaForCausalLM):
     name, new = "llama-1b", 128
     weights = os.path.join(work, "w", name)
     weight_bytes = os.path.getsize(os.path.join(weights, "model.safetensors"))
+    torch.cuda.empty_cache()
+    before = gpu_memory_used_mib()
     srv = Server(args.bin, model_dir(work, name, "LlamaGenerator", weights, True, "f16"),
                  os.path.join(work, f"{name}-gpu.log"))
-    mib = gpu_memory_mib(srv.proc.pid)
+    mib = gpu_memory_used_mib() - before
     ratio = mib * 2**20 / weight_bytes
     row(f"{name}: GPU memory after load", f"{mib} MiB", f"weights {weight_bytes / 2**20:.0f} MiB",
         f"{ratio:.2f}x")
@@ -463,7 +467,7 @@ def speed(args, work, rng, row, results, torch, LlamaForCausalLM):
     prefill = median_of(3, lambda: completion(srv, name, long_prompt, 1))
     srv.stop()
 
-    ref = LlamaForCausalLM.from_pretrained(weights, torch_dtype=torch.float16, attn_implementation="eager").cuda().eval()
+    ref = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float16, attn_implementation="eager").cuda().eval()
 
     def generate(batch, n, length=128):
         ids = torch.randint(2, 200, (batch, length), device="cuda")
