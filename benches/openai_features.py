@@ -5,8 +5,12 @@ same greedy request with and without them, interleaved on one server, medians.
     python3 benches/openai_features.py [--rounds 7] [--tokens 128]
 
 Variants: plain; `logprobs` with `top_logprobs: 20` (the most a request can
-ask). Each round runs every variant once, in turn, so the machine's drift
-hits all alike. The strut binary is target/release/strut (built when missing).
+ask); a JSON schema (`response_format`, an object holding one long string,
+so the grammar masks every step and the length is still `--tokens`). Each
+round runs every variant once, in turn, so the machine's drift hits all
+alike. Then the compile time of a 50-property schema: a 1-token request
+with a schema never seen, against the same request again (cached). The
+strut binary is target/release/strut (built when missing).
 """
 import argparse, json, os, signal, socket, statistics, subprocess, sys, time, urllib.request
 
@@ -16,10 +20,28 @@ from benchlib import wait_ready  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+STORY = {"type": "object", "properties": {"story": {"type": "string", "minLength": 4000}},
+         "required": ["story"], "additionalProperties": False}
 VARIANTS = {
     "plain": {},
     "logprobs, top 20": {"logprobs": True, "top_logprobs": 20},
+    "JSON schema": {"response_format": {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY}}},
 }
+
+
+def fifty_properties(salt):
+    props = {f"field_{salt}_{i}": [{"type": "string", "maxLength": 30}, {"type": "integer"},
+                                   {"enum": ["a", "b", "c"]}, {"type": "array", "items": {"type": "number"}}][i % 4]
+             for i in range(50)}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def post(base, body):
+    req = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    reply = json.loads(urllib.request.urlopen(req, timeout=600).read())
+    return reply, time.perf_counter() - started
 
 
 def main():
@@ -43,15 +65,21 @@ def main():
             for name, extra in VARIANTS.items():
                 body = dict({"model": "smollm2-135m-instruct", "messages": MESSAGES, "temperature": 0,
                              "max_tokens": args.tokens, "ignore_eos": True}, **extra)
-                req = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
-                started = time.perf_counter()
-                reply = json.loads(urllib.request.urlopen(req, timeout=600).read())
-                seconds = time.perf_counter() - started
+                reply, seconds = post(base, body)
                 assert reply["usage"]["completion_tokens"] == args.tokens, reply["usage"]
-                assert bool(reply["choices"][0]["logprobs"]) == bool(extra), name
+                assert bool(reply["choices"][0]["logprobs"]) == ("logprobs" in extra), name
+                if "response_format" in extra:
+                    assert reply["choices"][0]["message"]["content"].startswith('{"story": "'), reply
                 if round > 0:  # the first round warms up
                     rates[name].append(args.tokens / seconds)
+        compile_ms = []
+        for salt in range(5):
+            body = {"model": "smollm2-135m-instruct", "messages": MESSAGES, "max_tokens": 1,
+                    "response_format": {"type": "json_schema",
+                                        "json_schema": {"name": "f", "schema": fifty_properties(salt)}}}
+            fresh = post(base, body)[1]
+            cached = post(base, body)[1]
+            compile_ms.append((fresh - cached) * 1000)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -60,6 +88,8 @@ def main():
     for name, values in rates.items():
         rate = statistics.median(values)
         print(f"| {name} | {rate:.1f} | {rate / base_rate:.2f}x |")
+    print(f"\n50-property schema: compile ~{statistics.median(compile_ms):.1f} ms "
+          f"(median of 5: first request minus the same request cached)")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ async fn an_error_mid_stream_is_an_sse_event_or_a_broken_body() {
         assert_eq!(
             text,
             format!(
-                "data: part0;\n\ndata: part1;\n\nevent: error\ndata: {{\"code\":\"{code}\",\"error\":\"Internal Server Error (in model/chainlet).\"}}\n\n"
+                "data: part0;\n\ndata: part1;\n\nevent: error\ndata: {{\"error\":\"Internal Server Error (in model/chainlet).\",\"code\":\"{code}\"}}\n\n"
             ),
         );
 

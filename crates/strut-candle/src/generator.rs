@@ -3,8 +3,8 @@
 //! ([`crate::scheduler`]); requests wait in a bounded queue, join the batch
 //! at any step and stream their tokens back over a channel each.
 
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -20,6 +20,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::unbounded_channel;
 
 use crate::chat_template::ChatTemplate;
+use crate::constraint::{Constrained, Grammars};
 use crate::llama::{self, LlamaWeights};
 use crate::loader::LoadReport;
 use crate::params::CandleParams;
@@ -48,6 +49,11 @@ struct Engine {
     kv_budget: usize,
     jobs: SyncSender<Job>,
     waiting: Arc<Waiting>,
+    /// The end-of-sequence token grammars end with.
+    eos: Option<u32>,
+    /// Built on the first constrained request: most deployments never pay
+    /// for the token trie.
+    grammars: OnceLock<Result<Grammars, String>>,
 }
 
 impl LlamaGenerator {
@@ -120,7 +126,7 @@ impl AsyncModel for LlamaGenerator {
             weights: loaded.weights,
             device: placement.device.clone(),
             tokenizer: tokenizer.clone(),
-            eos_ids: loaded.eos_ids,
+            eos_ids: loaded.eos_ids.clone(),
             telemetry: self.ctx.telemetry.clone(),
             limits,
             waiting: waiting.clone(),
@@ -144,6 +150,8 @@ impl AsyncModel for LlamaGenerator {
             kv_budget: limits.kv_budget,
             jobs,
             waiting,
+            eos: loaded.eos_ids.first().copied(),
+            grammars: OnceLock::new(),
         }));
         Ok(())
     }
@@ -194,6 +202,13 @@ pub async fn collect(
 }
 
 impl Engine {
+    fn grammars(&self) -> Result<&Grammars, ModelError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(&self.tokenizer, self.eos).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|err| ModelError::internal(err.clone()))
+    }
+
     fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, ModelError> {
         // A rendered chat already carries the template's own special tokens.
         let (text, add_special) = match prompt {
@@ -225,6 +240,10 @@ impl TextGeneration for Engine {
 
     fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, ModelError> {
         self.prompt_ids(prompt)
+    }
+
+    fn supports_constraints(&self) -> bool {
+        true
     }
 
     fn tokenizer_files(&self) -> Option<TokenizerFiles> {
@@ -274,6 +293,10 @@ impl TextGeneration for Engine {
                 prompt.len()
             )));
         }
+        let constraint = match &request.params.constraint {
+            Some(constraint) => Some(Constrained::new(self.grammars()?.matcher(constraint)?)),
+            None => None,
+        };
         let (events, rx) = unbounded_channel();
         let prompt_len = prompt.len();
         let job = Job {
@@ -282,6 +305,7 @@ impl TextGeneration for Engine {
             max_new,
             ctx: ctx.clone(),
             events,
+            constraint,
         };
         // Counted before the send: the model thread may take it at once.
         self.waiting.add(prompt_len);

@@ -13,6 +13,7 @@
 mod batcher;
 mod bert;
 mod chat_template;
+mod constraint;
 pub mod device;
 mod embedder;
 mod export;

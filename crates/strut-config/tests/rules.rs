@@ -379,7 +379,11 @@ fn duplicate_keys_are_errors() {
 fn report_json_has_the_documented_shape() {
     let r = check("resources: {accelerator: A10G:2, cpu: '3500m'}\n");
     let v = serde_json::to_value(&r).unwrap();
-    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let keys = |v: &serde_json::Value| {
+        let mut keys = v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        keys.sort();
+        keys
+    };
     assert_eq!(keys(&v), ["diagnostics", "normalized", "valid"]);
     assert_eq!(
         keys(&v["diagnostics"][0]),

@@ -49,6 +49,41 @@ pub struct SamplingParams {
     /// most likely alternatives (0 to 20; OpenAI's `top_logprobs`); `None`
     /// reports none.
     pub logprobs: Option<u32>,
+    /// Output that must match a JSON schema, a regex or a grammar, enforced
+    /// while decoding (OpenAI's `response_format`, vLLM's `guided_*`). A
+    /// model that cannot enforce it says so in
+    /// [`TextGeneration::supports_constraints`], and the server refuses it.
+    pub constraint: Option<Constraint>,
+}
+
+/// What structured output a request asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Constraint {
+    /// Any JSON object (`response_format: {"type": "json_object"}`).
+    JsonObject,
+    JsonSchema {
+        schema: serde_json::Value,
+    },
+    Regex {
+        pattern: String,
+    },
+    /// A Lark grammar (llguidance's dialect; vLLM's `guided_grammar`).
+    Grammar {
+        lark: String,
+    },
+}
+
+impl Constraint {
+    /// Names the constraint in error messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Constraint::JsonObject => "the JSON object format",
+            Constraint::JsonSchema { .. } => "the JSON schema",
+            Constraint::Regex { .. } => "the regex",
+            Constraint::Grammar { .. } => "the grammar",
+        }
+    }
 }
 
 impl Default for SamplingParams {
@@ -64,6 +99,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             min_tokens: 0,
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -149,6 +185,11 @@ pub trait TextGeneration: Send + Sync {
     /// How many tokens the prompt takes.
     fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, ModelError> {
         self.tokenize(prompt).map(|tokens| tokens.len())
+    }
+    /// Whether [`SamplingParams::constraint`] is enforced; a model that
+    /// says no gets a 400 for constrained requests rather than free text.
+    fn supports_constraints(&self) -> bool {
+        false
     }
     async fn generate(
         &self,

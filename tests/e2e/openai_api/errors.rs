@@ -119,6 +119,28 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             CHAT,
+            chat(json!({"response_format": {"type": "xml"}})),
+            400,
+            "invalid_parameter",
+            Some("response_format.type"),
+        ),
+        (
+            CHAT,
+            chat(json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})),
+            400,
+            "invalid_parameter",
+            Some("response_format.json_schema.schema"),
+        ),
+        (
+            CHAT,
+            chat(json!({"guided_json": {"type": "object"}, "guided_regex": "a+"})),
+            400,
+            "invalid_parameter",
+            Some("guided_regex"),
+        ),
+        // The test model cannot constrain its output: refused, not ignored.
+        (
+            CHAT,
             chat(json!({"response_format": {"type": "json_object"}})),
             400,
             "unsupported_parameter",

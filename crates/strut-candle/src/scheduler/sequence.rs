@@ -12,6 +12,7 @@ use strut_model::{GenerationStats, ModelError, RequestContext, Telemetry};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::constraint::Constrained;
 use crate::llama::SeqState;
 use crate::logprobs::StepLogprobs;
 use crate::sampling::Sampler;
@@ -24,6 +25,8 @@ pub struct Job {
     pub max_new: usize,
     pub ctx: RequestContext,
     pub events: UnboundedSender<Result<GenerationEvent, ModelError>>,
+    /// Structured output to enforce, compiled before the job was queued.
+    pub constraint: Option<Constrained>,
 }
 
 impl Job {
@@ -67,12 +70,15 @@ pub struct Sequence<'t> {
     started: Instant,
     first_token: Option<Duration>,
     stop_sequence_hit: bool,
+    constraint: Option<Constrained>,
 }
 
 impl<'t> Sequence<'t> {
-    pub fn new(job: Job, state: SeqState, tokenizer: &'t Tokenizer) -> Self {
+    pub fn new(mut job: Job, state: SeqState, tokenizer: &'t Tokenizer) -> Self {
+        let constraint = job.constraint.take();
         let params = &job.request.params;
         Self {
+            constraint,
             sampler: Sampler::new(params),
             tokenizer,
             detok: Detokenizer::new(tokenizer),
@@ -116,6 +122,9 @@ impl<'t> Sequence<'t> {
                 }
             }
         }
+        if let Some(constraint) = &mut self.constraint {
+            constraint.mask(&mut logits, eos_ids)?;
+        }
         let n = logits.len();
         let logits =
             Tensor::from_vec(logits, n, &Device::Cpu).map_err(crate::internal("logits"))?;
@@ -127,6 +136,12 @@ impl<'t> Sequence<'t> {
         self.first_token
             .get_or_insert_with(|| self.started.elapsed());
         self.tokens.push(next);
+        let complete = match &mut self.constraint {
+            // The grammar allowed the end: the output is complete.
+            Some(_) if eos_ids.contains(&next) => return Ok(Some(FinishReason::Stop)),
+            Some(constraint) => constraint.consume(next)?,
+            None => false,
+        };
         if eos_ids.contains(&next) && !self.job.request.params.ignore_eos {
             return Ok(Some(FinishReason::Stop));
         }
@@ -138,6 +153,9 @@ impl<'t> Sequence<'t> {
         }
         if filtered.stopped {
             self.stop_sequence_hit = true;
+            return Ok(Some(FinishReason::Stop));
+        }
+        if complete {
             return Ok(Some(FinishReason::Stop));
         }
         Ok((self.generated >= self.job.max_new).then_some(FinishReason::Length))

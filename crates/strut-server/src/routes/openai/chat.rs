@@ -93,10 +93,6 @@ const OFF: &[Off] = &[
         is_off: no_tool_choice,
     },
     Off {
-        name: "response_format",
-        is_off: is_text_format,
-    },
-    Off {
         name: "modalities",
         is_off: is_text_only,
     },
@@ -112,10 +108,6 @@ const OFF: &[Off] = &[
 
 fn no_tool_choice(value: &Value) -> bool {
     matches!(value.as_str(), Some("none" | "auto"))
-}
-
-fn is_text_format(value: &Value) -> bool {
-    value.get("type").and_then(Value::as_str) == Some("text")
 }
 
 fn is_text_only(value: &Value) -> bool {

@@ -90,6 +90,12 @@ pub(super) async fn run(
         include_usage,
     } = params::take(&mut fields)?;
     params.logprobs = endpoint.take_logprobs(&mut fields)?;
+    if params.constraint.is_some() && !generator.supports_constraints() {
+        return Err(super::fields::unsupported(
+            "response_format",
+            "this model cannot constrain its output (no JSON schema, regex or grammar)",
+        ));
+    }
     let logprobs = params.logprobs.is_some();
     fields.finish(endpoint.names().ignored, endpoint.names().off)?;
     let name = served_name(

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use strut_model::capabilities::SamplingParams;
+use strut_model::capabilities::{Constraint, SamplingParams};
 
 use super::fields::{Fields, invalid, unsupported};
 use crate::ApiError;
@@ -96,6 +96,7 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         }
         params.min_tokens = m;
     }
+    params.constraint = constraint(fields)?;
     let stream = fields
         .take::<bool>("stream", "true or false")?
         .unwrap_or(false);
@@ -115,6 +116,75 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         stream,
         include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
     })
+}
+
+/// Structured output: OpenAI's `response_format`, or vLLM's `guided_json`,
+/// `guided_regex` and `guided_grammar` (Lark); one at most.
+fn constraint(fields: &mut Fields) -> Result<Option<Constraint>, ApiError> {
+    let mut found: Vec<(&str, Constraint)> = Vec::new();
+    if let Some(format) = fields.take_raw("response_format") {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => found.push(("response_format", Constraint::JsonObject)),
+            Some("json_schema") => {
+                let param = "response_format.json_schema.schema";
+                match format.get("json_schema").and_then(|j| j.get("schema")) {
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => found.push((
+                        "response_format",
+                        Constraint::JsonSchema {
+                            schema: schema.clone(),
+                        },
+                    )),
+                    _ => {
+                        return Err(invalid(
+                            param,
+                            format!("`{param}` is required: the JSON schema the output must match"),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "response_format.type",
+                    "`response_format.type` must be text, json_object or json_schema",
+                ));
+            }
+        }
+    }
+    match fields.take_raw("guided_json") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => {
+            let schema = serde_json::from_str(&text).map_err(|err| {
+                invalid("guided_json", format!("`guided_json` is not JSON: {err}"))
+            })?;
+            found.push(("guided_json", Constraint::JsonSchema { schema }));
+        }
+        Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+            found.push(("guided_json", Constraint::JsonSchema { schema }));
+        }
+        Some(_) => {
+            return Err(invalid(
+                "guided_json",
+                "`guided_json` must be a JSON schema (an object, or its text)",
+            ));
+        }
+    }
+    if let Some(pattern) = fields.take::<String>("guided_regex", "a regular expression")? {
+        found.push(("guided_regex", Constraint::Regex { pattern }));
+    }
+    if let Some(lark) = fields.take::<String>("guided_grammar", "a Lark grammar")? {
+        found.push(("guided_grammar", Constraint::Grammar { lark }));
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop().map(|(_, c)| c)),
+        _ => Err(invalid(
+            found[1].0,
+            format!(
+                "`{}` and `{}` both constrain the output; send one",
+                found[0].0, found[1].0
+            ),
+        )),
+    }
 }
 
 /// `max_completion_tokens` is the current name, `max_tokens` the older one;
