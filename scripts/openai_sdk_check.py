@@ -2,7 +2,7 @@
 """Drives a running strut with the official `openai` Python SDK and checks
 what comes back: chat, streaming chat with the usage chunk, completions,
 logprobs, structured outputs (JSON schema, judged by the jsonschema
-package), embeddings (float and the SDK's default base64) and errors.
+package), the Responses API, embeddings (float and the SDK's default base64) and errors.
 
     strut serve models/smollm2 &
     strut serve models/minilm --port 8081 &
@@ -221,6 +221,31 @@ def check_structured(client, model):
     return f"20/20 valid at temperature 1, e.g. {text}"
 
 
+def check_responses(client, model, greedy_text):
+    """`client.responses.create`, not streamed and streamed: the same greedy
+    answer as chat, events in the Responses API's order."""
+    reply = client.responses.create(
+        model=model, instructions=QUESTION[0]["content"], input=QUESTION[1]["content"],
+        max_output_tokens=24, temperature=0,
+    )
+    expect(reply.status == "completed", f"status {reply.status}")
+    expect(reply.output_text == greedy_text, f"{reply.output_text!r} != chat's {greedy_text!r}")
+    expect(reply.usage.total_tokens == reply.usage.input_tokens + reply.usage.output_tokens, f"{reply.usage}")
+    kinds, deltas, final = [], "", None
+    for event in client.responses.create(
+        model=model, instructions=QUESTION[0]["content"], input=QUESTION[1]["content"],
+        max_output_tokens=24, temperature=0, stream=True,
+    ):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        if event.type == "response.completed":
+            final = event.response
+    expect(kinds[0] == "response.created" and kinds[-1] == "response.completed", f"events {kinds}")
+    expect(deltas == greedy_text and final.output_text == greedy_text, f"streamed {deltas!r}")
+    return f"{reply.output_text!r}, {len(kinds)} events streamed"
+
+
 def check_errors(client, model):
     try:
         client.chat.completions.create(model=model, messages=QUESTION, n=2)
@@ -285,6 +310,7 @@ def main():
             ("completions", lambda: check_completions(client, model)),
             ("logprobs", lambda: check_logprobs(client, model)),
             ("structured outputs", lambda: check_structured(client, model)),
+            ("responses", lambda: check_responses(client, model, greedy["text"])),
             ("errors", lambda: check_errors(client, model)),
         ]
     if args.embedding_model:

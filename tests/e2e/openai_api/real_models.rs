@@ -355,3 +355,97 @@ async fn smollm2_answers_in_the_requested_structure() {
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(reply.text.contains("strnig"), "{}", reply.text);
 }
+
+/// The Responses API, text in and text out: the same greedy answer as
+/// chat, as one document and as its typed events in order.
+#[tokio::test]
+async fn smollm2_answers_through_the_responses_api() {
+    let (router, _d) = serve_model("models/smollm2").await;
+    let body = json!({"model": "smollm2-135m-instruct", "instructions": "You are a helpful assistant.",
+                      "input": "What is the capital of France?", "max_output_tokens": 24, "temperature": 0});
+    let reply = post(&router, "/v1/responses", &body).await.json();
+    assert_eq!(reply["object"], "response", "{reply}");
+    assert_eq!(reply["status"], "completed", "{reply}");
+    assert!(reply["id"].as_str().unwrap().starts_with("resp_"));
+    let text = reply["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(reply["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(text, "The capital of France is Paris.");
+    let usage = &reply["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap()
+    );
+    // The same as chat with the instructions as its system message.
+    let chat = json!({"model": "smollm2-135m-instruct", "max_tokens": 24, "temperature": 0,
+                      "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                                   {"role": "user", "content": "What is the capital of France?"}]});
+    let chat = post(&router, "/v1/chat/completions", &chat).await.json();
+    assert_eq!(chat["choices"][0]["message"]["content"], json!(text));
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let events = post(&router, "/v1/responses", &streamed).await.text;
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        &kinds[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        &kinds[kinds.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, text);
+    let seq: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        events.last().unwrap()["response"]["output"][0]["content"][0]["text"],
+        json!(text)
+    );
+
+    // A message list, a cut answer, a JSON schema, and what needs state or tools.
+    let list = json!({"model": "smollm2-135m-instruct", "max_output_tokens": 3,
+                      "input": [{"role": "user", "content": [{"type": "input_text", "text": "Count to ten."}]}]});
+    let reply = post(&router, "/v1/responses", &list).await.json();
+    assert_eq!(reply["status"], "incomplete", "{reply}");
+    assert_eq!(reply["incomplete_details"]["reason"], "max_output_tokens");
+    let schema = json!({"model": "smollm2-135m-instruct", "input": "Describe a person as JSON.", "max_output_tokens": 200,
+                        "text": {"format": {"type": "json_schema", "name": "person", "schema": person_schema()}}});
+    let reply = post(&router, "/v1/responses", &schema).await.json();
+    check_person(reply["output"][0]["content"][0]["text"].as_str().unwrap());
+    for (field, value) in [
+        ("previous_response_id", json!("resp_1")),
+        ("tools", json!([{"type": "web_search"}])),
+    ] {
+        let mut bad = body.clone();
+        bad[field] = value;
+        let reply = post(&router, "/v1/responses", &bad).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.json()["error"]["param"], field, "{}", reply.text);
+    }
+}

@@ -11,5 +11,5 @@ mod call;
 mod predict;
 mod respond;
 
-pub(crate) use call::{Admit, Call};
+pub(crate) use call::{Admit, Call, Slot};
 pub(crate) use respond::{Custom, CustomBody, Encoding, Reply, serve};

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{
-    FinishReason, GenerateRequest, GenerationEvent, Prompt, TextGeneration, Usage,
+    FinishReason, GenerateRequest, GenerationEvent, Prompt, SamplingParams, TextGeneration, Usage,
 };
 
 use super::fields::{Fields, Off};
@@ -19,7 +19,7 @@ use super::params::{self, Options};
 use super::{served_name, sse, unix_now};
 use crate::ApiError;
 use crate::metrics;
-use crate::pipeline::{Call, Reply};
+use crate::pipeline::{Call, Reply, Slot};
 use crate::runner::{guarded, panic_message};
 use crate::streaming::{catch_model_stream, stop_on_stall};
 
@@ -103,20 +103,18 @@ pub(super) async fn run(
         generator.model_id(),
         call.deployment.model_name(),
     )?;
-    let tokens = check_context(&*generator, &prompt, params.max_tokens, endpoint)?;
-
-    let slot = call.slot().await?;
-    let request = GenerateRequest {
+    let Launched {
+        first,
+        events,
+        slot,
+    } = launch(
+        &call,
+        &*generator,
         prompt,
-        prompt_tokens: Some(tokens),
         params,
-    };
-    let events = guarded(generator.generate(request, &call.ctx)).await?;
-    let gap = call.deployment.spec().stream_read_timeout;
-    let mut events = stop_on_stall(catch_model_stream(events), gap);
-    // The head waits for the first event, so a generation that fails at
-    // once gets its own status rather than a 200 carrying an error event.
-    let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
+        endpoint.names().prompt_param,
+    )
+    .await?;
     let meta = Meta::new(endpoint, name, include_usage, logprobs);
     if stream {
         call.observe_inference(slot.taken);
@@ -140,6 +138,41 @@ pub(super) async fn run(
     }
 }
 
+/// A generation under way: its first event (so a failure at once gets its
+/// own status), the rest, and the model slot it holds.
+pub(super) struct Launched {
+    pub first: GenerationEvent,
+    pub events: Events,
+    pub slot: Slot,
+}
+
+/// Checks the context, takes a slot and starts the generation: what every
+/// OpenAI generation route does once it has read its request.
+pub(super) async fn launch(
+    call: &Call,
+    generator: &dyn TextGeneration,
+    prompt: Prompt,
+    params: SamplingParams,
+    prompt_param: &'static str,
+) -> Result<Launched, ApiError> {
+    let tokens = check_context(generator, &prompt, params.max_tokens, prompt_param)?;
+    let slot = call.slot().await?;
+    let request = GenerateRequest {
+        prompt,
+        prompt_tokens: Some(tokens),
+        params,
+    };
+    let events = guarded(generator.generate(request, &call.ctx)).await?;
+    let gap = call.deployment.spec().stream_read_timeout;
+    let mut events = stop_on_stall(catch_model_stream(events), gap).boxed();
+    let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
+    Ok(Launched {
+        first,
+        events,
+        slot,
+    })
+}
+
 /// Refuses, before a slot is taken, what cannot fit in the context: a
 /// custom model need not check it itself, and the client learns which field
 /// to change.
@@ -149,7 +182,7 @@ fn check_context(
     generator: &dyn TextGeneration,
     prompt: &Prompt,
     max_tokens: Option<u32>,
-    endpoint: &dyn Endpoint,
+    prompt_param: &'static str,
 ) -> Result<Vec<u32>, ApiError> {
     let limit = generator.context_length();
     let tokens = std::panic::catch_unwind(AssertUnwindSafe(|| generator.tokenize(prompt)))
@@ -157,7 +190,7 @@ fn check_context(
     let used = tokens.len();
     if used >= limit {
         return Err(ApiError::ContextLengthExceeded {
-            param: endpoint.names().prompt_param,
+            param: prompt_param,
             message: format!(
                 "This model's maximum context length is {limit} tokens, and the prompt has {used}: \
                  at least one must be left to generate. Shorten the prompt."
@@ -181,7 +214,7 @@ fn check_context(
     Ok(tokens)
 }
 
-async fn collect(
+pub(super) async fn collect(
     first: GenerationEvent,
     mut rest: Events,
     want_logprobs: bool,

@@ -1,5 +1,6 @@
 //! OpenAI's API as adapters over the models' capabilities: `GET /v1/models`,
-//! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+//! `POST /v1/chat/completions`, `/v1/completions`, `/v1/responses` and
+//! `/v1/embeddings`.
 //! `/v1/...` serves production; the same routes under Baseten's `sync` paths
 //! serve every target, so an OpenAI SDK's base URL can be
 //! `http://host/environments/staging/sync/v1`.
@@ -13,6 +14,7 @@ mod generate;
 mod logprobs;
 mod models;
 mod params;
+mod responses;
 mod sse;
 
 use axum::Router;
@@ -39,6 +41,7 @@ fn v1() -> Router<AppState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
 }
 
 /// OpenAI's encoding: JSON documents, its own events, its error shape.
@@ -84,6 +87,26 @@ async fn completions(
         uri.query(),
         body,
         |call, body| generate::run(call, body, &completions::Completions),
+    )
+    .await
+}
+
+async fn responses(
+    State(state): State<AppState>,
+    target: Result<Target, ApiError>,
+    id: RequestId,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    serve(
+        state,
+        target,
+        id,
+        &headers,
+        uri.query(),
+        body,
+        responses::run,
     )
     .await
 }

@@ -41,24 +41,7 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         max_tokens: max_tokens(fields)?,
         ..SamplingParams::default()
     };
-    if let Some(t) = fields.take::<f32>("temperature", "a number between 0 and 2")? {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(invalid(
-                "temperature",
-                format!("`temperature` must be between 0 and 2, got {t}"),
-            ));
-        }
-        params.temperature = t;
-    }
-    if let Some(p) = fields.take::<f32>("top_p", "a number in (0, 1]")? {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(invalid(
-                "top_p",
-                format!("`top_p` must be in (0, 1], got {p}"),
-            ));
-        }
-        params.top_p = p;
-    }
+    temperature_and_top_p(fields, &mut params)?;
     // OpenAI's seed is any 64-bit integer; the bits are what matter.
     params.seed = fields
         .take::<i64>("seed", "an integer")?
@@ -116,6 +99,33 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         stream,
         include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
     })
+}
+
+/// `temperature` (0 to 2) and `top_p` (0 to 1], as every OpenAI generation
+/// route takes them.
+pub(super) fn temperature_and_top_p(
+    fields: &mut Fields,
+    params: &mut SamplingParams,
+) -> Result<(), ApiError> {
+    if let Some(t) = fields.take::<f32>("temperature", "a number between 0 and 2")? {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(invalid(
+                "temperature",
+                format!("`temperature` must be between 0 and 2, got {t}"),
+            ));
+        }
+        params.temperature = t;
+    }
+    if let Some(p) = fields.take::<f32>("top_p", "a number in (0, 1]")? {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(invalid(
+                "top_p",
+                format!("`top_p` must be in (0, 1], got {p}"),
+            ));
+        }
+        params.top_p = p;
+    }
+    Ok(())
 }
 
 /// Structured output: OpenAI's `response_format`, or vLLM's `guided_json`,
