@@ -348,6 +348,16 @@ async fn smollm2_answers_in_the_requested_structure() {
         "{text:?}"
     );
     assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+    // A complete grammar ends the answer even before min_tokens.
+    let mut early = body.clone();
+    early["min_tokens"] = json!(10);
+    let reply = post(&router, "/v1/completions", &early).await.json();
+    assert_eq!(
+        reply["choices"][0]["text"].as_str().unwrap().len(),
+        9,
+        "{reply}"
+    );
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop", "{reply}");
     let bad = json!({"model": "smollm2-135m-instruct", "messages": messages,
                      "response_format": {"type": "json_schema",
                                          "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "strnig"}}}}}});

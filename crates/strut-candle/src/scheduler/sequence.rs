@@ -124,6 +124,11 @@ impl<'t> Sequence<'t> {
         }
         if let Some(constraint) = &mut self.constraint {
             constraint.mask(&mut logits, eos_ids)?;
+            // Only the end was left, and min_tokens masked it: the grammar
+            // is complete, and it wins.
+            if logits.iter().all(|&l| l == f32::NEG_INFINITY) {
+                return Ok(Some(FinishReason::Stop));
+            }
         }
         let n = logits.len();
         let logits =
