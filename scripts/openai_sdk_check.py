@@ -2,7 +2,7 @@
 """Drives a running strut with the official `openai` Python SDK and checks
 what comes back: chat, streaming chat with the usage chunk, completions,
 logprobs, structured outputs (JSON schema, judged by the jsonschema
-package), the Responses API, embeddings (float and the SDK's default base64) and errors.
+package), the Responses API, n choices, embeddings (float and the SDK's default base64) and errors.
 
     strut serve models/smollm2 &
     strut serve models/minilm --port 8081 &
@@ -246,19 +246,31 @@ def check_responses(client, model, greedy_text):
     return f"{reply.output_text!r}, {len(kinds)} events streamed"
 
 
+def check_choices(client, model):
+    """n=3 at temperature 1: three choices in order, each its own sample."""
+    reply = client.chat.completions.create(
+        model=model, messages=QUESTION, max_tokens=12, temperature=1.0, seed=11, n=3
+    )
+    expect([c.index for c in reply.choices] == [0, 1, 2], f"indexes {[c.index for c in reply.choices]}")
+    texts = [c.message.content for c in reply.choices]
+    expect(all(texts) and len(set(texts)) > 1, f"choices {texts}")
+    return f"{len(texts)} choices"
+
+
 def check_errors(client, model):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     try:
-        client.chat.completions.create(model=model, messages=QUESTION, n=2)
-        raise Failed("n=2 was accepted")
+        client.chat.completions.create(model=model, messages=QUESTION, tools=tools)
+        raise Failed("tools were accepted")
     except openai.BadRequestError as err:
         expect(err.code == "unsupported_parameter", f"code {err.code}")
-        expect(err.param == "n", f"param {err.param}")
+        expect(err.param == "tools", f"param {err.param}")
     try:
         client.chat.completions.create(model="no-such-model", messages=QUESTION)
         raise Failed("an unknown model was accepted")
     except openai.NotFoundError as err:
         expect(err.code == "model_not_found", f"code {err.code}")
-    return "400 for n=2, 404 for an unknown model"
+    return "400 for tools, 404 for an unknown model"
 
 
 def as_f32(values):
@@ -311,6 +323,7 @@ def main():
             ("logprobs", lambda: check_logprobs(client, model)),
             ("structured outputs", lambda: check_structured(client, model)),
             ("responses", lambda: check_responses(client, model, greedy["text"])),
+            ("n choices", lambda: check_choices(client, model)),
             ("errors", lambda: check_errors(client, model)),
         ]
     if args.embedding_model:

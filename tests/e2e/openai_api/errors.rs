@@ -84,9 +84,9 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             CHAT,
-            chat(json!({"n": 2})),
+            chat(json!({"n": 17})),
             400,
-            "unsupported_parameter",
+            "invalid_parameter",
             Some("n"),
         ),
         (

@@ -459,3 +459,98 @@ async fn smollm2_answers_through_the_responses_api() {
         assert_eq!(reply.json()["error"]["param"], field, "{}", reply.text);
     }
 }
+
+/// `n` candidates: one choice each, in order, their own seeds (so sampled
+/// ones differ and a request is reproducible), usage counting the prompt
+/// once; streamed, the same texts chunk by chunk under each choice's index.
+#[tokio::test]
+async fn smollm2_answers_with_several_choices() {
+    let (router, deployment) = serve_model("models/smollm2").await;
+    let messages = json!([{"role": "user", "content": "Tell me a fact about cats."}]);
+    let body = json!({"model": "smollm2-135m-instruct", "messages": messages, "max_tokens": 12,
+                      "temperature": 1.0, "seed": 5, "n": 3});
+    let reply = post(&router, "/v1/chat/completions", &body).await.json();
+    let choices = reply["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3, "{reply}");
+    let texts: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert_eq!(c["index"], i, "{reply}");
+            c["message"]["content"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "{texts:?}");
+    let one = post(
+        &router,
+        "/v1/chat/completions",
+        &json!({"model": "smollm2-135m-instruct",
+        "messages": messages, "max_tokens": 12, "temperature": 1.0, "seed": 5}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        one["choices"][0]["message"]["content"],
+        json!(texts[0]),
+        "choice 0 has the request's seed"
+    );
+    assert_eq!(
+        reply["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"],
+        "the prompt counts once"
+    );
+    assert!(
+        reply["usage"]["completion_tokens"].as_u64().unwrap() >= 3,
+        "{reply}"
+    );
+    // Candidates 1 and 2 started from the first's prompt, not from scratch.
+    let metrics = get(&router, "/metrics").await.text;
+    let series = format!(
+        "strut_prefix_cache_hit_tokens_total{{deployment=\"{}\"}} ",
+        deployment.id()
+    );
+    let reused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}"));
+    let prompt = one["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        reused >= 2 * (prompt - 1),
+        "{reused} of {prompt}-token prompts reused"
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let events = post(&router, "/v1/chat/completions", &streamed).await.text;
+    let mut joined = vec![String::new(); 3];
+    let mut finished = 0;
+    let mut usage = serde_json::Value::Null;
+    for data in events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        if let Some(choice) = chunk["choices"].as_array().and_then(|c| c.first()) {
+            let i = choice["index"].as_u64().unwrap() as usize;
+            joined[i].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            finished += usize::from(!choice["finish_reason"].is_null());
+        } else {
+            usage = chunk["usage"].clone();
+        }
+    }
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+    assert_eq!(finished, 3);
+    assert_eq!(joined, texts, "the same seeds, the same texts");
+    assert_eq!(usage, reply["usage"]);
+
+    // Greedy candidates are the same answer; completions take n too.
+    let greedy = json!({"model": "smollm2-135m-instruct", "prompt": "The capital of France is",
+                        "max_tokens": 5, "temperature": 0, "n": 2});
+    let reply = post(&router, "/v1/completions", &greedy).await.json();
+    assert_eq!(
+        reply["choices"][0]["text"], reply["choices"][1]["text"],
+        "{reply}"
+    );
+    assert_eq!(reply["choices"][1]["index"], 1);
+}

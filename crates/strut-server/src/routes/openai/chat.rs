@@ -37,21 +37,28 @@ impl Endpoint for Chat {
     }
 
     /// The first chunk names the speaker, with empty content, as OpenAI's does.
-    fn opening(&self, meta: &Meta) -> Option<Event> {
-        Some(delta_chunk(meta, Some("assistant"), Some(""), None, None))
+    fn opening(&self, meta: &Meta, index: u32) -> Option<Event> {
+        Some(delta_chunk(
+            meta,
+            index,
+            Some("assistant"),
+            Some(""),
+            None,
+            None,
+        ))
     }
 
-    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
+    fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event {
         let logprobs = logprob.map(|(_, lp)| logprobs::chat([lp]));
-        delta_chunk(meta, None, Some(text), logprobs, None)
+        delta_chunk(meta, index, None, Some(text), logprobs, None)
     }
 
-    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
-        delta_chunk(meta, None, None, None, Some(reason))
+    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+        delta_chunk(meta, index, None, None, None, Some(reason))
     }
 
-    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
-        Reply::document(&response(meta, answer))
+    fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError> {
+        Reply::document(&response(meta, answers))
     }
 }
 
@@ -235,7 +242,7 @@ struct Completion<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [Choice; 1],
+    choices: Vec<Choice>,
     usage: UsageBody,
 }
 
@@ -253,27 +260,29 @@ struct Message {
     content: String,
 }
 
-fn response(meta: &Meta, answer: Answer) -> impl Serialize + '_ {
-    let Answer {
-        text,
-        logprobs,
-        reason,
-        usage,
-    } = answer;
+fn response(meta: &Meta, answers: Vec<Answer>) -> impl Serialize + '_ {
+    let usage = Answer::total_usage(&answers);
+    let choices = answers
+        .into_iter()
+        .enumerate()
+        .map(|(index, answer)| Choice {
+            index: index as u32,
+            message: Message {
+                role: "assistant",
+                content: answer.text,
+            },
+            logprobs: answer
+                .logprobs
+                .map(|list| logprobs::chat(list.iter().map(|(_, lp)| lp))),
+            finish_reason: answer.reason,
+        })
+        .collect();
     Completion {
         id: &meta.id,
         object: "chat.completion",
         created: meta.created,
         model: &meta.model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content: text,
-            },
-            logprobs: logprobs.map(|list| logprobs::chat(list.iter().map(|(_, lp)| lp))),
-            finish_reason: reason,
-        }],
+        choices,
         usage: usage.into(),
     }
 }
@@ -296,13 +305,14 @@ struct Delta<'a> {
 
 fn delta_chunk(
     meta: &Meta,
+    index: u32,
     role: Option<&'static str>,
     content: Option<&str>,
     logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 ) -> Event {
     let choice = DeltaChoice {
-        index: 0,
+        index,
         delta: Delta { role, content },
         logprobs,
         finish_reason,

@@ -4,7 +4,7 @@
 use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::Value;
-use strut_model::capabilities::{FinishReason, Prompt, Usage};
+use strut_model::capabilities::{FinishReason, Prompt};
 
 use super::fields::{
     Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, unsupported,
@@ -30,24 +30,17 @@ impl Endpoint for Completions {
         logprobs::take_completions(fields)
     }
 
-    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
+    fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event {
         let logprobs = logprob.map(|placed| logprobs::completions([placed]));
-        text_chunk(meta, text, logprobs, None)
+        text_chunk(meta, index, text, logprobs, None)
     }
 
-    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
-        text_chunk(meta, "", None, Some(reason))
+    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+        text_chunk(meta, index, "", None, Some(reason))
     }
 
-    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
-        let logprobs = answer.logprobs.as_ref().map(logprobs::completions);
-        Reply::document(&response(
-            meta,
-            &answer.text,
-            logprobs,
-            answer.reason,
-            answer.usage,
-        ))
+    fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError> {
+        Reply::document(&response(meta, &answers))
     }
 }
 
@@ -120,7 +113,7 @@ struct Completion<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [Choice<'a>; 1],
+    choices: Vec<Choice<'a>>,
     usage: UsageBody,
 }
 
@@ -132,36 +125,35 @@ struct Choice<'a> {
     finish_reason: Option<FinishReason>,
 }
 
-fn response<'a>(
-    meta: &'a Meta,
-    text: &'a str,
-    logprobs: Option<Value>,
-    reason: FinishReason,
-    usage: Usage,
-) -> impl Serialize + 'a {
+fn response<'a>(meta: &'a Meta, answers: &'a [Answer]) -> impl Serialize + 'a {
     Completion {
         id: &meta.id,
         object: "text_completion",
         created: meta.created,
         model: &meta.model,
-        choices: [Choice {
-            index: 0,
-            text,
-            logprobs,
-            finish_reason: Some(reason),
-        }],
-        usage: usage.into(),
+        choices: answers
+            .iter()
+            .enumerate()
+            .map(|(index, answer)| Choice {
+                index: index as u32,
+                text: &answer.text,
+                logprobs: answer.logprobs.as_ref().map(logprobs::completions),
+                finish_reason: Some(answer.reason),
+            })
+            .collect(),
+        usage: Answer::total_usage(answers).into(),
     }
 }
 
 fn text_chunk(
     meta: &Meta,
+    index: u32,
     text: &str,
     logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 ) -> Event {
     let choice = Choice {
-        index: 0,
+        index,
         text,
         logprobs,
         finish_reason,
@@ -194,19 +186,19 @@ impl Endpoint for PromptAsChat {
         logprobs::take_completions(fields)
     }
 
-    fn opening(&self, meta: &Meta) -> Option<Event> {
-        super::chat::Chat.opening(meta)
+    fn opening(&self, meta: &Meta, index: u32) -> Option<Event> {
+        super::chat::Chat.opening(meta, index)
     }
 
-    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event {
-        super::chat::Chat.token(meta, text, logprob)
+    fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event {
+        super::chat::Chat.token(meta, index, text, logprob)
     }
 
-    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event {
-        super::chat::Chat.finish(meta, reason)
+    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+        super::chat::Chat.finish(meta, index, reason)
     }
 
-    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError> {
-        super::chat::Chat.response(meta, answer)
+    fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError> {
+        super::chat::Chat.response(meta, answers)
     }
 }

@@ -5,8 +5,8 @@
 use std::panic::AssertUnwindSafe;
 
 use axum::response::sse::Event;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{
@@ -33,16 +33,17 @@ pub(super) trait Endpoint: Sync {
     /// How many alternatives per token the request's `logprobs` fields ask
     /// for; `None` when it asks for no logprobs.
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError>;
-    /// What a stream sends before its first token.
-    fn opening(&self, _meta: &Meta) -> Option<Event> {
+    /// What a stream sends for choice `index` before its first token.
+    fn opening(&self, _meta: &Meta, _index: u32) -> Option<Event> {
         None
     }
     /// A token's chunk: its text (possibly empty, when it holds part of a
     /// character) and, when asked for, its logprobs.
-    fn token(&self, meta: &Meta, text: &str, logprob: Option<&Placed>) -> Event;
-    fn finish(&self, meta: &Meta, reason: FinishReason) -> Event;
-    /// The whole answer as one document; `logprobs` is `Some` when asked for.
-    fn response(&self, meta: &Meta, answer: Answer) -> Result<Reply, ApiError>;
+    fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event;
+    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event;
+    /// The whole answer as one document, a choice per candidate;
+    /// `logprobs` is `Some` when asked for.
+    fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError>;
 }
 
 /// A generation collected whole.
@@ -51,6 +52,16 @@ pub(super) struct Answer {
     pub logprobs: Option<Vec<Placed>>,
     pub reason: FinishReason,
     pub usage: Usage,
+}
+
+impl Answer {
+    /// The prompt once, every candidate's completion tokens.
+    pub fn total_usage(answers: &[Answer]) -> Usage {
+        Usage {
+            prompt_tokens: answers.first().map_or(0, |a| a.usage.prompt_tokens),
+            completion_tokens: answers.iter().map(|a| a.usage.completion_tokens).sum(),
+        }
+    }
 }
 
 /// An endpoint's fixed names and field lists.
@@ -88,6 +99,7 @@ pub(super) async fn run(
         mut params,
         stream,
         include_usage,
+        n,
     } = params::take(&mut fields)?;
     params.logprobs = endpoint.take_logprobs(&mut fields)?;
     if params.constraint.is_some() && !generator.supports_constraints() {
@@ -103,18 +115,36 @@ pub(super) async fn run(
         generator.model_id(),
         call.deployment.model_name(),
     )?;
+    let seed = params.seed;
     let Launched {
         first,
         events,
         slot,
+        tokens,
     } = launch(
         &call,
         &*generator,
-        prompt,
-        params,
+        prompt.clone(),
+        params.clone(),
         endpoint.names().prompt_param,
     )
     .await?;
+    // More candidates start once the first has its prompt in the KV cache:
+    // a model with a prefix cache (the built-in Llama) copies it instead of
+    // computing the prompt again. Each gets its own seed.
+    let mut candidates: Vec<Events> = vec![events];
+    for i in 1..n {
+        let mut params = params.clone();
+        params.seed = seed.map(|s| s.wrapping_add(u64::from(i)));
+        let request = GenerateRequest {
+            prompt: prompt.clone(),
+            prompt_tokens: Some(tokens.clone()),
+            params,
+        };
+        let events = guarded(generator.generate(request, &call.ctx)).await?;
+        let gap = call.deployment.spec().stream_read_timeout;
+        candidates.push(stop_on_stall(catch_model_stream(events), gap).boxed());
+    }
     let meta = Meta::new(endpoint, name, include_usage, logprobs);
     if stream {
         call.observe_inference(slot.taken);
@@ -123,7 +153,7 @@ pub(super) async fn run(
             .series(call.state.metrics())
             .first_byte_seconds
             .clone();
-        let events = sse::generation(meta, first, events, slot.permit);
+        let events = sse::generation(meta, first, candidates, slot.permit);
         Ok(Reply::Events(metrics::time_first_chunk(
             events,
             |_| true,
@@ -131,10 +161,21 @@ pub(super) async fn run(
             call.arrived,
         )))
     } else {
-        let done = collect(first, events, logprobs).await;
+        let mut rest = candidates.into_iter();
+        let head = rest.next().expect("one candidate at least");
+        let mut all = vec![FutureExt::boxed(collect(first, head, logprobs))];
+        for events in rest {
+            all.push(FutureExt::boxed(async move {
+                let mut events = events;
+                let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
+                collect(first, events, logprobs).await
+            }));
+        }
+        let done = futures::future::join_all(all).await;
         drop(slot.permit);
         call.observe_inference(slot.taken);
-        endpoint.response(&meta, done?)
+        let answers = done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        endpoint.response(&meta, answers)
     }
 }
 
@@ -144,6 +185,8 @@ pub(super) struct Launched {
     pub first: GenerationEvent,
     pub events: Events,
     pub slot: Slot,
+    /// The prompt as the model tokenized it.
+    pub tokens: Vec<u32>,
 }
 
 /// Checks the context, takes a slot and starts the generation: what every
@@ -159,7 +202,7 @@ pub(super) async fn launch(
     let slot = call.slot().await?;
     let request = GenerateRequest {
         prompt,
-        prompt_tokens: Some(tokens),
+        prompt_tokens: Some(tokens.clone()),
         params,
     };
     let events = guarded(generator.generate(request, &call.ctx)).await?;
@@ -170,6 +213,7 @@ pub(super) async fn launch(
         first,
         events,
         slot,
+        tokens,
     })
 }
 

@@ -5,17 +5,23 @@ use serde::Deserialize;
 use serde_json::Value;
 use strut_model::capabilities::{Constraint, SamplingParams};
 
-use super::fields::{Fields, invalid, unsupported};
+use super::fields::{Fields, invalid};
 use crate::ApiError;
 
 /// OpenAI's limit on stop sequences.
 const MAX_STOP: usize = 4;
+
+/// Candidates per request: OpenAI's limit is 128; each takes a place in
+/// the model's batch, so strut keeps it to a batch's default size.
+const MAX_N: u32 = 16;
 
 pub(super) struct Options {
     pub model: Option<String>,
     pub params: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// Candidates to generate (`n`), 1 to 16.
+    pub n: u32,
 }
 
 #[derive(Deserialize)]
@@ -27,16 +33,16 @@ struct StreamOptions {
 
 pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
     let model = fields.take::<String>("model", "a string")?;
-    if let Some(n) = fields.take::<u64>("n", "a positive integer")?
-        && n != 1
-    {
-        return Err(unsupported(
-            "n",
-            format!(
-                "n={n}: this server generates one choice per request, so only n=1 is supported"
-            ),
-        ));
-    }
+    let n = match fields.take::<u32>("n", "a positive integer")? {
+        None => 1,
+        Some(n) if (1..=MAX_N).contains(&n) => n,
+        Some(n) => {
+            return Err(invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            ));
+        }
+    };
     let mut params = SamplingParams {
         max_tokens: max_tokens(fields)?,
         ..SamplingParams::default()
@@ -98,6 +104,7 @@ pub(super) fn take(fields: &mut Fields) -> Result<Options, ApiError> {
         params,
         stream,
         include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
+        n,
     })
 }
 
@@ -292,7 +299,8 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         let cases = [
-            (json!({"n": 2}), "n"),
+            (json!({"n": 17}), "n"),
+            (json!({"n": 0}), "n"),
             (json!({"max_tokens": 0}), "max_tokens"),
             (
                 json!({"max_completion_tokens": -3}),

@@ -114,6 +114,7 @@ pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
         first,
         events,
         slot,
+        ..
     } = launch(
         &call,
         &*generator,
