@@ -147,19 +147,9 @@ pub(super) async fn run(
     }
     let meta = Meta::new(endpoint, name, include_usage, logprobs);
     if stream {
-        call.observe_inference(slot.taken);
-        let first_byte = call
-            .deployment
-            .series(call.state.metrics())
-            .first_byte_seconds
-            .clone();
+        let taken = slot.taken;
         let events = sse::generation(meta, first, candidates, slot.permit);
-        Ok(Reply::Events(metrics::time_first_chunk(
-            events,
-            |_| true,
-            first_byte,
-            call.arrived,
-        )))
+        Ok(stream_reply(&call, taken, events))
     } else {
         let mut rest = candidates.into_iter();
         let head = rest.next().expect("one candidate at least");
@@ -177,6 +167,27 @@ pub(super) async fn run(
         let answers = done.into_iter().collect::<Result<Vec<_>, _>>()?;
         endpoint.response(&meta, answers)
     }
+}
+
+/// A stream's reply: the inference counted as its head goes out, its first
+/// chunk timed for `time_to_first_byte_seconds`.
+pub(super) fn stream_reply(
+    call: &Call,
+    taken: std::time::Instant,
+    events: crate::sse::EventStream,
+) -> Reply {
+    call.observe_inference(taken);
+    let first_byte = call
+        .deployment
+        .series(call.state.metrics())
+        .first_byte_seconds
+        .clone();
+    Reply::Events(metrics::time_first_chunk(
+        events,
+        |_| true,
+        first_byte,
+        call.arrived,
+    ))
 }
 
 /// A generation under way: its first event (so a failure at once gets its

@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::Value;
 
 use super::mount::{Form, Target, every_target, route};
@@ -38,10 +38,16 @@ pub fn routes() -> Router<AppState> {
 fn v1() -> Router<AppState> {
     Router::new()
         .route("/v1/models", get(models::list))
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/responses", post(responses))
+        .route(
+            "/v1/chat/completions",
+            posting(|call, body| generate::run(call, body, &chat::Chat)),
+        )
+        .route(
+            "/v1/completions",
+            posting(|call, body| generate::run(call, body, &completions::Completions)),
+        )
+        .route("/v1/embeddings", posting(embeddings::run))
+        .route("/v1/responses", posting(responses::run))
 }
 
 /// OpenAI's encoding: JSON documents, its own events, its error shape.
@@ -51,84 +57,23 @@ const OPENAI: Encoding = Encoding {
     error: error::response,
 };
 
-async fn chat_completions(
-    State(state): State<AppState>,
-    target: Result<Target, ApiError>,
-    id: RequestId,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(
-        state,
-        target,
-        id,
-        &headers,
-        uri.query(),
-        body,
-        |call, body| generate::run(call, body, &chat::Chat),
+/// A POST route whose body `work` turns into a reply: every OpenAI POST is
+/// one of these, differing only in its work.
+fn posting<F, Fut>(work: F) -> MethodRouter<AppState>
+where
+    F: Fn(Call, Value) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Reply, ApiError>> + Send + 'static,
+{
+    post(
+        move |State(state): State<AppState>,
+              target: Result<Target, ApiError>,
+              id: RequestId,
+              uri: Uri,
+              headers: HeaderMap,
+              body: Body| async move {
+            serve(state, target, id, &headers, uri.query(), body, work).await
+        },
     )
-    .await
-}
-
-async fn completions(
-    State(state): State<AppState>,
-    target: Result<Target, ApiError>,
-    id: RequestId,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(
-        state,
-        target,
-        id,
-        &headers,
-        uri.query(),
-        body,
-        |call, body| generate::run(call, body, &completions::Completions),
-    )
-    .await
-}
-
-async fn responses(
-    State(state): State<AppState>,
-    target: Result<Target, ApiError>,
-    id: RequestId,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(
-        state,
-        target,
-        id,
-        &headers,
-        uri.query(),
-        body,
-        responses::run,
-    )
-    .await
-}
-
-async fn embeddings(
-    State(state): State<AppState>,
-    target: Result<Target, ApiError>,
-    id: RequestId,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(
-        state,
-        target,
-        id,
-        &headers,
-        uri.query(),
-        body,
-        embeddings::run,
-    )
-    .await
 }
 
 /// Whether a predict body is OpenAI's (it names its `model`, and has

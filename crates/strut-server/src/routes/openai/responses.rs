@@ -15,10 +15,9 @@ use strut_model::capabilities::{
 };
 
 use super::fields::{Fields, Off, invalid, is_empty, never, unsupported};
-use super::generate::{Answer, Events, Launched, collect, launch, unfinished};
+use super::generate::{Answer, Events, Launched, collect, launch, stream_reply, unfinished};
 use super::{error, served_name, unix_now};
 use crate::ApiError;
-use crate::metrics;
 use crate::pipeline::{Call, Reply};
 
 const CAPABILITY: &str = "responses";
@@ -125,19 +124,9 @@ pub(super) async fn run(call: Call, body: Value) -> Result<Reply, ApiError> {
     .await?;
     let shell = Shell::new(name, &request);
     if request.stream {
-        call.observe_inference(slot.taken);
-        let first_byte = call
-            .deployment
-            .series(call.state.metrics())
-            .first_byte_seconds
-            .clone();
+        let taken = slot.taken;
         let events = framed(shell, first, events, slot.permit);
-        return Ok(Reply::Events(metrics::time_first_chunk(
-            events,
-            |_| true,
-            first_byte,
-            call.arrived,
-        )));
+        return Ok(stream_reply(&call, taken, events));
     }
     let answer = collect(first, events, false).await;
     drop(slot.permit);
