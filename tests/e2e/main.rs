@@ -26,6 +26,8 @@ mod openai_api;
 mod otel;
 #[cfg(unix)]
 mod python_models;
+#[cfg(unix)]
+mod replicas;
 mod streaming;
 mod tokenizer_cli;
 mod truss_http;

@@ -3,13 +3,19 @@
 //! The server only talks to [`QueueStore`]: enqueue (durable before it
 //! returns), claim the next request by priority then age, record how it
 //! ended, cancel, expire, recover after a restart, and track webhook
-//! delivery. [`SqliteStore`] is the embedded default; a store shared by
-//! several replicas (Redis Streams, NATS JetStream, PostgreSQL) implements
-//! the same trait. This crate knows nothing of HTTP.
+//! delivery. [`SqliteStore`] is the embedded default; [`PgStore`] keeps the
+//! queue in PostgreSQL so that several replicas share it. A running request
+//! holds a lease that its replica renews; a replica that dies stops
+//! renewing, and once the lease is past any replica takes the request back
+//! ([`QueueStore::reclaim`]). This crate knows nothing of HTTP.
 
+#[cfg(test)]
+mod conformance;
+mod postgres;
 mod record;
 mod sqlite;
 
+pub use postgres::{PgSettings, PgStore, migrate};
 pub use record::{
     ErrorEntry, LogLine, NewRequest, Outcome, Protocol, Record, RetryConfig, Status, WebhookStatus,
 };
@@ -41,6 +47,22 @@ impl From<rusqlite::Error> for QueueError {
     }
 }
 
+impl From<tokio_postgres::Error> for QueueError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        // The server's message (`db error: ...` alone says nothing).
+        match err.as_db_error() {
+            Some(db) => QueueError::Storage(format!("postgres: {}", db.message())),
+            None => QueueError::Storage(format!("postgres: {err}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for QueueError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        QueueError::Storage(format!("postgres connection pool: {err}"))
+    }
+}
+
 impl From<serde_json::Error> for QueueError {
     fn from(err: serde_json::Error) -> Self {
         QueueError::Storage(format!("a stored value is not valid JSON: {err}"))
@@ -55,19 +77,49 @@ pub enum Enqueued {
     Exists(Box<Record>),
 }
 
+/// What the dispatcher should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A request for this target may run now.
+    Ready(String),
+    /// Nothing may run before this time (a retry's backoff).
+    At(Millis),
+    /// Nothing is queued.
+    Empty,
+}
+
+/// Something another replica did that this one acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Requests were queued: look at the queue again.
+    Queued,
+    /// A client asked to cancel this running request.
+    Cancel(String),
+}
+
+/// Why a request whose runner died without attempts left failed.
+pub(crate) fn orphan_errors() -> [ErrorEntry; 1] {
+    [ErrorEntry::new(
+        "INTERNAL_SERVER_ERROR",
+        "the server stopped while the request ran, and its inference_retry_config allows no \
+         further attempt",
+    )]
+}
+
 /// What a cancel found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cancel {
     /// It was queued and is now CANCELED.
     Canceled,
-    /// It is running: the caller signals it; it ends as the model stops.
+    /// It is running: the cancel is recorded (and announced to the other
+    /// replicas); whichever runs it stops it, and it ends as the model stops.
     Running,
     /// It had ended already, with this status.
     Finished(Status),
     NotFound,
 }
 
-/// What [`QueueStore::recover`] did at startup.
+/// What [`QueueStore::recover`] did at startup, or [`QueueStore::reclaim`] later.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// Queued requests that resume as they were.
@@ -76,6 +128,8 @@ pub struct Recovered {
     pub retried: usize,
     /// Requests that were running with no attempt left: now FAILED.
     pub failed: usize,
+    /// Requests that were running with a cancel recorded: now CANCELED.
+    pub canceled: usize,
     /// Finished requests whose webhook is still to be delivered.
     pub webhooks: usize,
 }
@@ -107,22 +161,34 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Writes a new request durably; returns only once it would survive a crash.
     async fn enqueue(&self, request: NewRequest) -> Result<Enqueued, QueueError>;
 
-    /// The target (environment or deployment) of the request that runs next,
-    /// if one may run at `now`.
-    async fn next_target(&self, now: Millis) -> Result<Option<String>, QueueError>;
+    /// The target (environment or deployment) of the request that runs next
+    /// if one may run at `now`, else when one may.
+    async fn next_target(&self, now: Millis) -> Result<Next, QueueError>;
 
     /// Moves up to `limit` requests to IN_PROGRESS in one write, counting an
-    /// attempt each: the queue's best ones (priority, then age) as long as
+    /// attempt each and leasing them to this store's replica until
+    /// `lease_until`: the queue's best ones (priority, then age) as long as
     /// they are all for `target`. A request for another target that comes
     /// first in that order ends the batch, so claiming several at a time runs
-    /// work in the same order as claiming one at a time.
+    /// work in the same order as claiming one at a time. Requests another
+    /// replica is claiming at the same moment are skipped, not waited for.
     async fn claim(
         &self,
         target: &str,
         deployment_id: &str,
         now: Millis,
         limit: usize,
+        lease_until: Millis,
     ) -> Result<Vec<Record>, QueueError>;
+
+    /// Extends the leases of these running requests (this replica's) to
+    /// `lease_until`; returns those among them whose cancel was recorded.
+    async fn renew(&self, ids: &[String], lease_until: Millis) -> Result<Vec<String>, QueueError>;
+
+    /// Running requests whose lease is past at `now` (their replica died):
+    /// CANCELED when a cancel was recorded, else queued again or FAILED by
+    /// their retry config, as [`QueueStore::recover`] does at startup.
+    async fn reclaim(&self, now: Millis) -> Result<Recovered, QueueError>;
 
     /// Puts a running request back in the queue for another attempt, not before `not_before`.
     async fn retry_later(
@@ -143,8 +209,10 @@ pub trait QueueStore: Send + Sync + 'static {
 
     async fn get(&self, id: &str) -> Result<Option<Record>, QueueError>;
 
-    /// At startup: running requests are retried or failed by their retry
-    /// config, and undelivered webhooks are made due now.
+    /// At startup: the requests this replica was running when it stopped
+    /// (for the embedded store, every running request) are retried or failed
+    /// by their retry config. The embedded store makes its undelivered
+    /// webhooks due now; a shared one's come due when their lease ends.
     async fn recover(&self, now: Millis) -> Result<Recovered, QueueError>;
 
     /// Finished requests whose webhook is due, leased until `lease_until` so
@@ -169,6 +237,13 @@ pub trait QueueStore: Send + Sync + 'static {
     /// Deletes finished requests (webhook settled) that finished before `before`.
     async fn purge(&self, before: Millis) -> Result<usize, QueueError>;
 
-    /// Requests queued or running: the server bounds this (429 past its limit).
+    /// Requests queued or running: the server bounds this (429 past its
+    /// limit). A shared store's count is refreshed about once a second.
     fn unfinished(&self) -> usize;
+
+    /// What other replicas announce (requests queued, cancels), for a store
+    /// shared by several; `None` for a store only this process uses.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
 }

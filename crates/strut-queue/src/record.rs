@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Millis;
+use crate::{Millis, QueueError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -211,6 +211,77 @@ pub struct Record {
     pub webhook_attempts: u32,
     /// Why the latest delivery attempt failed; `None` once one succeeds.
     pub webhook_error: Option<String>,
+}
+
+/// The columns both stores keep a [`Record`] in, in [`RawRecord`]'s order.
+pub(crate) const COLUMNS: &str = "id, protocol, target, deployment_id, input, webhook, events, \
+    priority, created_ms, expires_ms, max_attempts, initial_delay_ms, max_delay_ms, attempts, \
+    status, started_ms, finished_ms, output, errors, logs, webhook_status, webhook_attempts, \
+    webhook_error";
+
+/// A row as stored, before its JSON columns are parsed.
+pub(crate) struct RawRecord {
+    pub(crate) id: String,
+    pub(crate) protocol: String,
+    pub(crate) target: String,
+    pub(crate) deployment_id: Option<String>,
+    pub(crate) input: String,
+    pub(crate) webhook: Option<String>,
+    pub(crate) events: u8,
+    pub(crate) priority: u8,
+    pub(crate) created_ms: Millis,
+    pub(crate) expires_ms: Millis,
+    pub(crate) retry: (u32, u64, u64),
+    pub(crate) attempts: u32,
+    pub(crate) status: String,
+    pub(crate) started_ms: Option<Millis>,
+    pub(crate) finished_ms: Option<Millis>,
+    pub(crate) output: Option<String>,
+    pub(crate) errors: String,
+    pub(crate) logs: String,
+    pub(crate) webhook_status: String,
+    pub(crate) webhook_attempts: u32,
+    pub(crate) webhook_error: Option<String>,
+}
+
+impl RawRecord {
+    pub(crate) fn parse(self) -> Result<Record, QueueError> {
+        let bad =
+            |what: &str, value: &str| QueueError::Storage(format!("unknown {what} `{value}`"));
+        Ok(Record {
+            protocol: Protocol::parse(&self.protocol)
+                .ok_or_else(|| bad("protocol", &self.protocol))?,
+            status: Status::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
+            webhook_status: WebhookStatus::parse(&self.webhook_status)
+                .ok_or_else(|| bad("webhook status", &self.webhook_status))?,
+            input: serde_json::from_str(&self.input)?,
+            output: self
+                .output
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?,
+            errors: serde_json::from_str(&self.errors)?,
+            logs: serde_json::from_str(&self.logs)?,
+            retry: RetryConfig {
+                max_attempts: self.retry.0,
+                initial_delay_ms: self.retry.1,
+                max_delay_ms: self.retry.2,
+            },
+            id: self.id,
+            target: self.target,
+            deployment_id: self.deployment_id,
+            webhook: self.webhook,
+            events: self.events,
+            priority: self.priority,
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            attempts: self.attempts,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            webhook_attempts: self.webhook_attempts,
+            webhook_error: self.webhook_error,
+        })
+    }
 }
 
 #[cfg(test)]

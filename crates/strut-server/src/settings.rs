@@ -129,6 +129,25 @@ pub struct Settings {
     /// than the free async slots); 1 claims one per commit.
     #[arg(long, env = "STRUT_ASYNC_CLAIM_BATCH", default_value_t = AsyncSettings::default().claim_batch)]
     pub async_claim_batch: usize,
+    /// Where shared state lives: `postgres://user:password@host:port/db`
+    /// puts the async queue in PostgreSQL, shared by every replica given
+    /// the same URL. Absent: the embedded SQLite file in the data directory.
+    #[arg(long, env = "STRUT_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
+    /// This replica's name in the shared store's leases (default: the host
+    /// name plus a random suffix). Give each pod its own stable name (its
+    /// pod name) and a restarted pod takes back at once what it was
+    /// running; two live processes must never share one.
+    #[arg(long, env = "STRUT_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Connections to the shared store per replica.
+    #[arg(long, env = "STRUT_STORE_POOL_SIZE", default_value_t = 16)]
+    pub store_pool_size: usize,
+    /// Milliseconds a running async request stays leased to its replica
+    /// without a renewal (renewed every third of it); past it, another
+    /// replica runs it again.
+    #[arg(long, env = "STRUT_ASYNC_LEASE_MS", default_value_t = AsyncSettings::default().lease.as_millis() as u64)]
+    pub async_lease_ms: u64,
     /// Webhook signing secrets, one per line, newest first (several during
     /// rotation). Default: `<secrets-dir>/strut_webhook_secret`; absent: unsigned.
     #[arg(long, env = "STRUT_WEBHOOK_SECRET_FILE")]
@@ -237,6 +256,7 @@ impl Settings {
             share: self.async_share,
             max_unfinished: self.async_max_queued,
             claim_batch: self.async_claim_batch.max(1),
+            lease: Duration::from_millis(self.async_lease_ms.max(300)),
             webhook_ca,
             webhook_secrets,
             webhook_max_attempts: self.webhook_max_attempts.max(1),

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use strut_model::Registry;
 use strut_python::PythonSettings;
-use strut_queue::SqliteStore;
+use strut_queue::{PgSettings, PgStore, QueueStore, SqliteStore};
 use strut_server::{ApiKeys, ControlSettings, Server, Settings, TracingLogSink};
 
 #[derive(Args, Debug)]
@@ -80,7 +80,11 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
                 .prefix("strut-data-")
                 .tempdir()
                 .context("creating a temporary data directory")?;
-            tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments, the deploy log and queued async requests are kept in a temporary directory and lost at exit; async requests do not survive a restart");
+            if settings.store_url.is_some() {
+                tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments and the deploy log are kept in a temporary directory and lost at exit (async requests are in the --store-url store)");
+            } else {
+                tracing::warn!(data_dir = %tmp.path().display(), "no --data-dir: deployments, the deploy log and queued async requests are kept in a temporary directory and lost at exit; async requests do not survive a restart");
+            }
             (tmp.path().to_owned(), Some(tmp))
         }
     };
@@ -109,11 +113,10 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
         .deploy_dir(&args.path, args.environment.as_deref())
         .with_context(|| format!("serving {}", args.path.display()))?;
     tracing::info!(deployment = %deployment.id(), "startup deployment");
-    let store = SqliteStore::open(&queue_path, settings.async_durability.into())
-        .with_context(|| format!("opening the async queue {}", queue_path.display()))?;
+    let store = open_store(settings, &queue_path).await?;
     let secrets = async_settings.webhook_secrets.len();
     let recovered = server
-        .enable_async(Arc::new(store), async_settings)
+        .enable_async(store, async_settings)
         .await
         .context("recovering the async queue")?;
     tracing::info!(
@@ -121,6 +124,7 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
         retried = recovered.retried,
         failed = recovered.failed,
         webhooks = recovered.webhooks,
+        canceled = recovered.canceled,
         webhook_secrets = secrets,
         "async queue ready"
     );
@@ -160,4 +164,44 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// The queue's store: PostgreSQL when `--store-url` names it (shared by
+/// every replica), else the SQLite file in the data directory.
+async fn open_store(
+    settings: &Settings,
+    queue_path: &std::path::Path,
+) -> anyhow::Result<Arc<dyn QueueStore>> {
+    let Some(url) = &settings.store_url else {
+        let store = SqliteStore::open(queue_path, settings.async_durability.into())
+            .with_context(|| format!("opening the async queue {}", queue_path.display()))?;
+        return Ok(Arc::new(store));
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--store-url must be a postgres:// URL (absent: the embedded SQLite store)");
+    }
+    let replica = settings.replica_id.clone().unwrap_or_else(default_replica);
+    let store = PgStore::connect(PgSettings {
+        url: url.clone(),
+        replica: replica.clone(),
+        pool_size: settings.store_pool_size,
+    })
+    .await
+    // The URL may hold a password: name the store, not the URL.
+    .context("connecting to the --store-url PostgreSQL store")?;
+    tracing::info!(replica = %replica, "async queue on PostgreSQL");
+    Ok(Arc::new(store))
+}
+
+/// The host name (a pod's name in Kubernetes) and a random suffix: unique
+/// among live processes even when several run on one host.
+fn default_replica() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "strut".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }

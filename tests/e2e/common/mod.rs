@@ -3,6 +3,7 @@
 
 pub mod deploy;
 pub mod models;
+pub mod postgres;
 pub mod process;
 pub mod webhooks;
 

@@ -70,7 +70,9 @@ CREATE TABLE IF NOT EXISTS requests (
     webhook_status TEXT NOT NULL,
     webhook_attempts INTEGER NOT NULL DEFAULT 0,
     webhook_next_ms INTEGER,
-    webhook_error TEXT
+    webhook_error TEXT,
+    lease_until_ms INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queued_order ON requests (priority, seq) WHERE status = 'QUEUED';
 CREATE INDEX IF NOT EXISTS webhooks_due ON requests (webhook_next_ms)
@@ -81,10 +83,19 @@ CREATE INDEX IF NOT EXISTS running_deployments ON requests (deployment_id)
 ";
 
 /// Columns added after the first release, for files an older strut made.
-const ADDED_COLUMNS: [(&str, &str); 1] = [
+const ADDED_COLUMNS: [(&str, &str); 3] = [
     // Why the latest webhook attempt failed, for the operator.
     ("webhook_error", "TEXT"),
+    // Leases: the same contract as a store shared by replicas.
+    ("lease_until_ms", "INTEGER"),
+    ("cancel_requested", "INTEGER NOT NULL DEFAULT 0"),
 ];
+
+/// Indexes over added columns, made once the columns exist.
+const LATE_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS running_leases ON requests (lease_until_ms)
+    WHERE status = 'IN_PROGRESS';
+";
 
 impl SqliteStore {
     /// Opens (or creates) `path`. The writer thread lives as long as the store.
@@ -190,6 +201,7 @@ fn migrate(conn: &Connection) -> Result<(), QueueError> {
             conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {kind}"))?;
         }
     }
+    conn.execute_batch(LATE_INDEXES)?;
     Ok(())
 }
 

@@ -1,15 +1,9 @@
-//! A stored row and its decoding into a [`Record`].
+//! A SQLite row as a [`RawRecord`].
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use crate::record::{Protocol, Record, Status, WebhookStatus};
-use crate::{Millis, QueueError, RetryConfig};
-
-/// The columns [`record`] reads, in its order.
-pub(super) const COLUMNS: &str = "id, protocol, target, deployment_id, input, webhook, events, \
-    priority, created_ms, expires_ms, max_attempts, initial_delay_ms, max_delay_ms, attempts, \
-    status, started_ms, finished_ms, output, errors, logs, webhook_status, webhook_attempts, \
-    webhook_error";
+pub(super) use crate::record::{COLUMNS, RawRecord};
+use crate::{QueueError, Record};
 
 pub(super) fn record(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
     Ok(RawRecord {
@@ -35,71 +29,6 @@ pub(super) fn record(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
         webhook_attempts: row.get(21)?,
         webhook_error: row.get(22)?,
     })
-}
-
-/// A row as stored, before its JSON columns are parsed.
-pub(super) struct RawRecord {
-    pub(super) id: String,
-    protocol: String,
-    target: String,
-    deployment_id: Option<String>,
-    input: String,
-    webhook: Option<String>,
-    events: u8,
-    priority: u8,
-    created_ms: Millis,
-    expires_ms: Millis,
-    retry: (u32, u64, u64),
-    attempts: u32,
-    status: String,
-    started_ms: Option<Millis>,
-    finished_ms: Option<Millis>,
-    output: Option<String>,
-    errors: String,
-    logs: String,
-    webhook_status: String,
-    webhook_attempts: u32,
-    webhook_error: Option<String>,
-}
-
-impl RawRecord {
-    pub(super) fn parse(self) -> Result<Record, QueueError> {
-        let bad =
-            |what: &str, value: &str| QueueError::Storage(format!("unknown {what} `{value}`"));
-        Ok(Record {
-            protocol: Protocol::parse(&self.protocol)
-                .ok_or_else(|| bad("protocol", &self.protocol))?,
-            status: Status::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
-            webhook_status: WebhookStatus::parse(&self.webhook_status)
-                .ok_or_else(|| bad("webhook status", &self.webhook_status))?,
-            input: serde_json::from_str(&self.input)?,
-            output: self
-                .output
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()?,
-            errors: serde_json::from_str(&self.errors)?,
-            logs: serde_json::from_str(&self.logs)?,
-            retry: RetryConfig {
-                max_attempts: self.retry.0,
-                initial_delay_ms: self.retry.1,
-                max_delay_ms: self.retry.2,
-            },
-            id: self.id,
-            target: self.target,
-            deployment_id: self.deployment_id,
-            webhook: self.webhook,
-            events: self.events,
-            priority: self.priority,
-            created_ms: self.created_ms,
-            expires_ms: self.expires_ms,
-            attempts: self.attempts,
-            started_ms: self.started_ms,
-            finished_ms: self.finished_ms,
-            webhook_attempts: self.webhook_attempts,
-            webhook_error: self.webhook_error,
-        })
-    }
 }
 
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<Record>, QueueError> {

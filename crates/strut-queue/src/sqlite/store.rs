@@ -10,7 +10,8 @@ use super::row::{self, COLUMNS, get};
 use super::{SqliteStore, json_text};
 use crate::record::{ErrorEntry, NewRequest, Outcome, Record, Status, WebhookStatus};
 use crate::{
-    Cancel, Enqueued, Millis, QueueCounts, QueueError, QueueStore, Recovered, WebhookAttempt,
+    Cancel, Enqueued, Millis, Next, QueueCounts, QueueError, QueueStore, Recovered, WebhookAttempt,
+    orphan_errors,
 };
 
 #[async_trait]
@@ -56,15 +57,25 @@ impl QueueStore for SqliteStore {
         Ok(enqueued)
     }
 
-    async fn next_target(&self, now: Millis) -> Result<Option<String>, QueueError> {
+    async fn next_target(&self, now: Millis) -> Result<Next, QueueError> {
         self.read(move |conn| {
-            Ok(conn
+            let ready: Option<String> = conn
                 .prepare_cached(
                     "SELECT target FROM requests WHERE status = 'QUEUED' AND not_before_ms <= ?1 \
                      AND expires_ms > ?1 ORDER BY priority, seq LIMIT 1",
                 )?
                 .query_row([now], |r| r.get(0))
-                .optional()?)
+                .optional()?;
+            if let Some(target) = ready {
+                return Ok(Next::Ready(target));
+            }
+            let at: Option<Millis> = conn
+                .prepare_cached(
+                    "SELECT min(not_before_ms) FROM requests WHERE status = 'QUEUED' \
+                     AND expires_ms > ?1",
+                )?
+                .query_row([now], |r| r.get(0))?;
+            Ok(at.map_or(Next::Empty, Next::At))
         })
         .await
     }
@@ -75,6 +86,7 @@ impl QueueStore for SqliteStore {
         deployment_id: &str,
         now: Millis,
         limit: usize,
+        lease_until: Millis,
     ) -> Result<Vec<Record>, QueueError> {
         let (target, deployment_id) = (target.to_owned(), deployment_id.to_owned());
         self.write(move |conn| {
@@ -91,14 +103,46 @@ impl QueueStore for SqliteStore {
             for (id, _) in head.iter().take_while(|(_, t)| *t == target) {
                 conn.prepare_cached(
                     "UPDATE requests SET status = 'IN_PROGRESS', attempts = attempts + 1, \
-                     started_ms = ?2, deployment_id = ?3 WHERE id = ?1",
+                     started_ms = ?2, deployment_id = ?3, lease_until_ms = ?4, \
+                     cancel_requested = 0 WHERE id = ?1",
                 )?
-                .execute(params![id, now, deployment_id])?;
+                .execute(params![id, now, deployment_id, lease_until])?;
                 claimed.extend(get(conn, id)?);
             }
             Ok(claimed)
         })
         .await
+    }
+
+    async fn renew(&self, ids: &[String], lease_until: Millis) -> Result<Vec<String>, QueueError> {
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            let mut canceled = Vec::new();
+            for id in ids {
+                let cancel: Option<bool> = conn
+                    .prepare_cached(
+                        "UPDATE requests SET lease_until_ms = ?2 \
+                         WHERE id = ?1 AND status = 'IN_PROGRESS' RETURNING cancel_requested",
+                    )?
+                    .query_row(params![id, lease_until], |r| r.get(0))
+                    .optional()?;
+                if cancel == Some(true) {
+                    canceled.push(id);
+                }
+            }
+            Ok(canceled)
+        })
+        .await
+    }
+
+    async fn reclaim(&self, now: Millis) -> Result<Recovered, QueueError> {
+        let errors = json_text(&orphan_errors())?;
+        let canceled = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let reclaimed = self
+            .write(move |conn| settle_orphans(conn, "lease_until_ms < ?1", now, &errors, &canceled))
+            .await?;
+        self.settle(reclaimed.failed + reclaimed.canceled);
+        Ok(reclaimed)
     }
 
     async fn retry_later(
@@ -111,8 +155,8 @@ impl QueueStore for SqliteStore {
         let errors = json_text(&[error])?;
         self.write(move |conn| {
             Ok(conn.execute(
-                "UPDATE requests SET status = 'QUEUED', not_before_ms = ?2, errors = ?3 \
-                 WHERE id = ?1 AND status = 'IN_PROGRESS'",
+                "UPDATE requests SET status = 'QUEUED', not_before_ms = ?2, errors = ?3, \
+                 lease_until_ms = NULL WHERE id = ?1 AND status = 'IN_PROGRESS'",
                 params![id, not_before, errors],
             )? == 1)
         })
@@ -127,7 +171,8 @@ impl QueueStore for SqliteStore {
             .write(move |conn| {
                 Ok(conn.execute(
                     "UPDATE requests SET status = ?2, output = ?3, errors = ?4, logs = ?5, \
-                     finished_ms = ?6, webhook_next_ms = ?6 WHERE id = ?1 AND status = 'IN_PROGRESS'",
+                     finished_ms = ?6, webhook_next_ms = ?6, lease_until_ms = NULL \
+                     WHERE id = ?1 AND status = 'IN_PROGRESS'",
                     params![id, outcome.status.as_str(), output, errors, logs, now],
                 )? == 1)
             })
@@ -156,7 +201,13 @@ impl QueueStore for SqliteStore {
                         )?;
                         Cancel::Canceled
                     }
-                    Some(Status::InProgress) => Cancel::Running,
+                    Some(Status::InProgress) => {
+                        conn.execute(
+                            "UPDATE requests SET cancel_requested = 1 WHERE id = ?1",
+                            [&id],
+                        )?;
+                        Cancel::Running
+                    }
                     Some(done) => Cancel::Finished(done),
                 })
             })
@@ -191,23 +242,12 @@ impl QueueStore for SqliteStore {
     }
 
     async fn recover(&self, now: Millis) -> Result<Recovered, QueueError> {
-        let errors = json_text(&[ErrorEntry::new(
-            "INTERNAL_SERVER_ERROR",
-            "the server stopped while the request ran, and its inference_retry_config allows no \
-             further attempt",
-        )])?;
+        let errors = json_text(&orphan_errors())?;
+        let canceled = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
         let recovered = self
             .write(move |conn| {
-                let retried = conn.execute(
-                    "UPDATE requests SET status = 'QUEUED', not_before_ms = ?1 \
-                     WHERE status = 'IN_PROGRESS' AND attempts < max_attempts",
-                    [now],
-                )?;
-                let failed = conn.execute(
-                    "UPDATE requests SET status = 'FAILED', errors = ?2, finished_ms = ?1, \
-                     webhook_next_ms = ?1 WHERE status = 'IN_PROGRESS'",
-                    params![now, errors],
-                )?;
+                // One process owns the file: whatever ran was this one's.
+                let mut recovered = settle_orphans(conn, "1", now, &errors, &canceled)?;
                 // Leases taken by the previous process are void: due now.
                 conn.execute(
                     "UPDATE requests SET webhook_next_ms = ?1 WHERE webhook_status = 'PENDING' \
@@ -225,15 +265,12 @@ impl QueueStore for SqliteStore {
                     [],
                     |r| r.get(0),
                 )?;
-                Ok(Recovered {
-                    queued: queued as usize - retried,
-                    retried,
-                    failed,
-                    webhooks: pending as usize,
-                })
+                recovered.queued = queued as usize - recovered.retried;
+                recovered.webhooks = pending as usize;
+                Ok(recovered)
             })
             .await?;
-        self.settle(recovered.failed);
+        self.settle(recovered.failed + recovered.canceled);
         Ok(recovered)
     }
 
@@ -337,4 +374,44 @@ impl QueueStore for SqliteStore {
     fn unfinished(&self) -> usize {
         self.unfinished.load(Ordering::Acquire)
     }
+}
+
+/// Running requests matching `which` (SQL over `?1`, the time) that no
+/// process runs any more: canceled if a cancel was recorded, else queued
+/// again or failed by their retry config.
+fn settle_orphans(
+    conn: &rusqlite::Connection,
+    which: &str,
+    now: Millis,
+    errors: &str,
+    canceled_errors: &str,
+) -> Result<Recovered, QueueError> {
+    let canceled = conn.execute(
+        &format!(
+            "UPDATE requests SET status = 'CANCELED', errors = ?2, finished_ms = ?1, \
+             webhook_next_ms = ?1, lease_until_ms = NULL \
+             WHERE status = 'IN_PROGRESS' AND cancel_requested AND {which}"
+        ),
+        params![now, canceled_errors],
+    )?;
+    let retried = conn.execute(
+        &format!(
+            "UPDATE requests SET status = 'QUEUED', not_before_ms = ?1, lease_until_ms = NULL \
+             WHERE status = 'IN_PROGRESS' AND attempts < max_attempts AND {which}"
+        ),
+        [now],
+    )?;
+    let failed = conn.execute(
+        &format!(
+            "UPDATE requests SET status = 'FAILED', errors = ?2, finished_ms = ?1, \
+             webhook_next_ms = ?1, lease_until_ms = NULL WHERE status = 'IN_PROGRESS' AND {which}"
+        ),
+        params![now, errors],
+    )?;
+    Ok(Recovered {
+        retried,
+        failed,
+        canceled,
+        ..Recovered::default()
+    })
 }

@@ -4,6 +4,7 @@
 //! retries, expiry and retention. The routes (Baseten's async API, Cog's
 //! predictions) only submit, read and cancel.
 
+mod lease;
 pub(crate) mod logs;
 mod tls;
 mod webhook;
@@ -37,6 +38,9 @@ pub struct AsyncSettings {
     /// Most requests the dispatcher claims in one store write (it never
     /// claims more than it has free async slots for); 1 claims one per commit.
     pub claim_batch: usize,
+    /// How long a claimed request stays leased without a renewal; renewed
+    /// every third of it while it runs.
+    pub lease: Duration,
     /// Largest async request body (Baseten allows 256 KiB).
     pub max_body_bytes: usize,
     /// Webhook signing secrets, newest first; each adds one `v1=` entry.
@@ -59,6 +63,7 @@ impl Default for AsyncSettings {
             share: 0.5,
             max_unfinished: 100_000,
             claim_batch: 64,
+            lease: Duration::from_secs(30),
             max_body_bytes: 256 * 1024,
             webhook_secrets: Vec::new(),
             webhook_max_attempts: 6,
@@ -123,11 +128,21 @@ impl AsyncQueue {
         })
     }
 
-    /// Starts the dispatcher, the webhook sender and housekeeping.
+    /// Starts the dispatcher, the webhook sender, housekeeping, lease
+    /// renewal and, for a shared store, what the other replicas announce.
     pub(crate) fn start(self: &Arc<Self>, state: AppState) {
         tokio::spawn(worker::dispatch(state, self.clone()));
         tokio::spawn(webhook::deliver_loop(self.clone()));
         tokio::spawn(worker::housekeeping(self.clone()));
+        tokio::spawn(lease::renew_loop(self.clone()));
+        if let Some(notices) = self.store.notices() {
+            tokio::spawn(lease::notice_loop(self.clone(), notices));
+        }
+    }
+
+    /// When a lease taken now ends.
+    pub(crate) fn lease_until(&self) -> strut_queue::Millis {
+        strut_queue::now_ms() + self.settings.lease.as_millis() as i64
     }
 
     /// The entry of a running request, made on first use: a cancel that
@@ -154,12 +169,26 @@ impl AsyncQueue {
         self.running.lock().expect("running lock").remove(id);
     }
 
-    /// Signals a running request to stop. The entry is made if the request
-    /// was claimed but has not registered yet, so it starts cancelled.
-    pub(crate) fn signal_cancel(&self, id: &str, state: &AppState) {
-        let running = self.running(id, state);
+    /// Signals a request running here to stop; false if none is. One that
+    /// runs elsewhere, or was claimed here but has not registered yet, hears
+    /// of the cancel the store recorded: by a notice or at its next renewal.
+    pub(crate) fn signal_cancel(&self, id: &str) -> bool {
+        let Some(running) = self.find_running(id) else {
+            return false;
+        };
         running.canceled.store(true, Ordering::Release);
         running.token.cancel();
+        true
+    }
+
+    /// The ids of the requests running here.
+    fn running_ids(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .expect("running lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Async slots of `deployment`: `share` of its concurrency, at least one.

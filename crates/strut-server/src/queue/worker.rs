@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use strut_queue::{ErrorEntry, Outcome, Protocol, Record, Status, now_ms};
+use strut_queue::{ErrorEntry, Next, Outcome, Protocol, Record, Status, now_ms};
 use tracing::Instrument;
 
 use super::logs::CaptureSink;
@@ -17,21 +17,32 @@ use crate::pipeline::{Admit, Call};
 use crate::target::Target;
 use crate::{ApiError, AppState};
 
-/// How often the dispatcher looks again with nothing to do (retries come due
-/// by the clock, not by a wake-up).
-const IDLE_POLL: Duration = Duration::from_millis(200);
+/// The longest the dispatcher sleeps without a wake-up: enqueues wake it
+/// (this replica's directly, other replicas' by the store's notices) and a
+/// retry's due time sets its alarm, so this only bounds what a lost
+/// notice can delay.
+const IDLE_MAX: Duration = Duration::from_secs(2);
+/// After a claim that found nothing (another replica took the head first).
+const CONTENDED: Duration = Duration::from_millis(20);
+/// After a store error.
+const ERROR_WAIT: Duration = Duration::from_millis(500);
 
 pub(crate) async fn dispatch(state: AppState, queue: Arc<AsyncQueue>) {
     while !queue.stop.is_cancelled() {
         let target = match queue.store.next_target(now_ms()).await {
-            Ok(Some(target)) => target,
-            Ok(None) => {
-                idle(&queue).await;
+            Ok(Next::Ready(target)) => target,
+            Ok(Next::At(at)) => {
+                let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                idle(&queue, Duration::from_millis(wait).min(IDLE_MAX)).await;
+                continue;
+            }
+            Ok(Next::Empty) => {
+                idle(&queue, IDLE_MAX).await;
                 continue;
             }
             Err(err) => {
                 tracing::error!("reading the async queue: {err}");
-                idle(&queue).await;
+                idle(&queue, ERROR_WAIT).await;
                 continue;
             }
         };
@@ -74,9 +85,16 @@ pub(crate) async fn dispatch(state: AppState, queue: Arc<AsyncQueue>) {
         let mut routed: Vec<_> = (0..wanted).map(|_| deployment.enter()).collect();
         match queue
             .store
-            .claim(&target, deployment.id(), now_ms(), wanted)
+            .claim(
+                &target,
+                deployment.id(),
+                now_ms(),
+                wanted,
+                queue.lease_until(),
+            )
             .await
         {
+            Ok(records) if records.is_empty() => idle(&queue, CONTENDED).await,
             Ok(records) => {
                 for record in records {
                     let slot = slots.split(1).expect("one slot per claimed request");
@@ -93,16 +111,16 @@ pub(crate) async fn dispatch(state: AppState, queue: Arc<AsyncQueue>) {
             }
             Err(err) => {
                 tracing::error!("claiming from the async queue: {err}");
-                idle(&queue).await;
+                idle(&queue, ERROR_WAIT).await;
             }
         }
     }
 }
 
-async fn idle(queue: &AsyncQueue) {
+async fn idle(queue: &AsyncQueue, at_most: Duration) {
     tokio::select! {
         () = queue.wake_dispatch.notified() => {}
-        () = tokio::time::sleep(IDLE_POLL) => {}
+        () = tokio::time::sleep(at_most) => {}
         () = queue.stop.cancelled() => {}
     }
 }
@@ -114,7 +132,11 @@ fn resolve(state: &AppState, target: &str) -> Result<Arc<Deployment>, ApiError> 
 
 /// A request whose target cannot serve fails rather than blocking the queue.
 async fn fail_next(queue: &AsyncQueue, target: &str, err: &ApiError) {
-    let Ok(mut claimed) = queue.store.claim(target, "", now_ms(), 1).await else {
+    let claimed = queue
+        .store
+        .claim(target, "", now_ms(), 1, queue.lease_until())
+        .await;
+    let Ok(mut claimed) = claimed else {
         return;
     };
     let Some(record) = claimed.pop() else { return };
@@ -277,6 +299,23 @@ pub(crate) async fn housekeeping(queue: Arc<AsyncQueue>) {
             () = queue.stop.cancelled() => return,
         }
         ticks += 1;
+        // Every other tick: what a dead replica was running runs again.
+        if ticks.is_multiple_of(2) {
+            match queue.store.reclaim(now_ms()).await {
+                Ok(r) if r == strut_queue::Recovered::default() => {}
+                Ok(r) => {
+                    tracing::warn!(
+                        retried = r.retried,
+                        failed = r.failed,
+                        canceled = r.canceled,
+                        "async requests whose replica stopped renewing their lease were taken back"
+                    );
+                    queue.wake_dispatch.notify_one();
+                    queue.wake_webhooks.notify_one();
+                }
+                Err(err) => tracing::error!("reclaiming lapsed async leases: {err}"),
+            }
+        }
         match queue.store.expire(now_ms()).await {
             Ok(0) => {}
             Ok(n) => {

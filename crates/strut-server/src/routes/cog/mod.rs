@@ -316,18 +316,13 @@ async fn cancel(
             true
         }
         Ok(strut_queue::Cancel::Running) => {
-            queue.signal_cancel(&id, &state);
+            // Elsewhere, the replica running it hears of the cancel.
+            queue.signal_cancel(&id);
             true
         }
         Ok(strut_queue::Cancel::Finished(_)) => true,
         // A sync prediction is only in memory.
-        Ok(strut_queue::Cancel::NotFound) => match queue.find_running(&id) {
-            Some(_) => {
-                queue.signal_cancel(&id, &state);
-                true
-            }
-            None => false,
-        },
+        Ok(strut_queue::Cancel::NotFound) => queue.signal_cancel(&id),
         Err(err) => return ApiError::from(err).into_response(),
     };
     let status = if found {
