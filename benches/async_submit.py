@@ -18,9 +18,19 @@ left divided by the time to empty it. The old mode (`--async-claim-batch 1`,
 one request claimed per store commit) and the batched mode (the default) are
 measured alternately in the same run; medians and their ratio are printed.
 
+Shared store (`--shared`): the same submissions against the embedded SQLite
+store, PostgreSQL with one replica and PostgreSQL with three (wrk's
+connections split over the three, their rates summed), each on a fresh
+database; then completions/s of a queue whose model is the bottleneck
+(models/stream, 50 ms a request, 2 async slots per replica; 600 requests
+queued round-robin, then timed until the queue is empty), for the same
+three set-ups. All in one run; PostgreSQL at `--pg` (psql makes and drops
+the databases).
+
     python3 benches/async_submit.py                 # builds the release binary first
     python3 benches/async_submit.py --seconds 20 --durability normal
     python3 benches/async_submit.py --completion --rounds 3
+    python3 benches/async_submit.py --shared --rounds 3
 
 wrk comes from Debian (`apt-get install wrk`).
 """
@@ -36,9 +46,9 @@ TARGET = 2000.0
 MODES = [("one per commit", 1), ("batched", 64)]
 
 
-def start(binary, data, port, durability, extra=()):
+def start(binary, data, port, durability, extra=(), model="echo"):
     return subprocess.Popen(
-        [binary, "serve", os.path.join(ROOT, "models", "echo"), "--host", "127.0.0.1",
+        [binary, "serve", os.path.join(ROOT, "models", model), "--host", "127.0.0.1",
          "--port", str(port), "--data-dir", os.path.join(data, "data"),
          "--secrets-dir", os.path.join(data, "none"), "--async-durability", durability,
          # Measure acceptance, not the queue bound (100,000 by default).
@@ -118,6 +128,119 @@ def submission(binary, args, lua):
     return sub["rps"] >= TARGET and sub["non2xx"] == 0 and rows >= sub["total"]
 
 
+def psql(pg, sql, database="postgres"):
+    out = subprocess.run(["psql", f"{pg}/{database}", "-tAc", sql], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+class Setup:
+    """One store set-up: SQLite (one server) or PostgreSQL with `replicas` servers."""
+
+    def __init__(self, binary, args, store, replicas, model="echo"):
+        self.binary, self.args, self.store, self.replicas, self.model = binary, args, store, replicas, model
+        self.name = "sqlite" if store == "sqlite" else f"postgres x{replicas}"
+
+    def __enter__(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="strut-async-shared-")
+        self.db = None
+        extra = []
+        if self.store == "postgres":
+            self.db = f"strut_bench_{os.getpid()}_{time.monotonic_ns()}"
+            psql(self.args.pg, f"CREATE DATABASE {self.db}")
+            extra = ["--store-url", f"{self.args.pg}/{self.db}"]
+        self.servers, self.bases = [], []
+        for i in range(self.replicas):
+            port = self.args.port + i
+            data = os.path.join(self.tmp.name, f"r{i}")
+            os.makedirs(data)
+            self.servers.append(start(self.binary, data, port, self.args.durability,
+                                      [*extra, "--replica-id", f"r{i}"], self.model))
+            self.bases.append(f"http://127.0.0.1:{port}")
+        for base, server in zip(self.bases, self.servers):
+            wait_ready(f"{base}/v1/models/model", proc=server)
+        return self
+
+    def __exit__(self, *exc):
+        for server in self.servers:
+            stop(server)
+        if self.db:
+            psql(self.args.pg, f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        self.tmp.cleanup()
+
+    def rows(self):
+        if self.db:
+            return int(psql(self.args.pg, "SELECT count(*) FROM strut_async_requests", self.db))
+        db = sqlite3.connect(os.path.join(self.tmp.name, "r0", "data", "queue.sqlite3"))
+        return db.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+    def submit(self, body, seconds, lua):
+        """wrk against every replica at once, connections split; rates summed."""
+        from concurrent.futures import ThreadPoolExecutor
+        conns = max(1, self.args.connections // self.replicas)
+        with ThreadPoolExecutor(self.replicas) as pool:
+            runs = list(pool.map(lambda b: wrk(f"{b}/async_predict", body, conns, seconds, lua), self.bases))
+        return {"rps": sum(r["rps"] for r in runs), "total": sum(r["total"] for r in runs),
+                "non2xx": sum(r["non2xx"] for r in runs), "p99": max(r["p99"] for r in runs)}
+
+    def post_many(self, body, n):
+        """`n` submissions, round-robin over the replicas, 16 at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def post(i):
+            req = urllib.request.Request(f"{self.bases[i % self.replicas]}/async_predict", data=body,
+                                         headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 201
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(post, range(n)))
+
+    def left(self):
+        if self.db:
+            return int(psql(self.args.pg, "SELECT count(*) FROM strut_async_requests "
+                            "WHERE status IN ('QUEUED', 'IN_PROGRESS')", self.db))
+        return remaining(self.bases[0])
+
+
+def shared(binary, args, lua):
+    setups = [("sqlite", 1), ("postgres", 1), ("postgres", 3)]
+    names = ["sqlite", "postgres x1", "postgres x3"]
+    sub = {n: [] for n in names}
+    done = {n: [] for n in names}
+    ok = True
+    for round_ in range(args.rounds):
+        for store, replicas in setups:
+            with Setup(binary, args, store, replicas) as s:
+                wrk(f"{s.bases[0]}/async_predict", '{"model_input": {"x": 1}}', 8, 1, lua)  # warm-up
+                r = s.submit('{"model_input": {"x": 1}}', args.seconds, lua)
+                rows = s.rows()
+                ok &= r["non2xx"] == 0 and rows >= r["total"]
+            sub[s.name].append(r["rps"])
+            print(f"  round {round_ + 1}: {s.name:<12} submissions {r['rps']:7.0f} /s  p99 {r['p99']:.1f} ms  "
+                  f"non-2xx {r['non2xx']}  rows {rows} >= accepted {r['total']}", flush=True)
+        for store, replicas in setups:
+            with Setup(binary, args, store, replicas, model="stream") as s:
+                # 50 ms of model time each: the model, not the store, is the bottleneck.
+                s.post_many(b'{"model_input": {"n": 1, "delay_ms": 50}}', args.drain_requests)
+                left, t0 = s.left(), time.monotonic()
+                while s.left() > 0:
+                    if time.monotonic() - t0 > 600:
+                        raise SystemExit("the queue did not drain in 10 minutes")
+                    time.sleep(0.1)
+                rate = left / (time.monotonic() - t0)
+            done[s.name].append(rate)
+            print(f"  round {round_ + 1}: {s.name:<12} completions {rate:7.1f} /s ({left} drained)", flush=True)
+    med = {n: (statistics.median(sub[n]), statistics.median(done[n])) for n in names}
+    base_sub, base_done = med["sqlite"]
+    print(f"async queue, embedded and shared ({args.durability} durability for SQLite; PostgreSQL "
+          f"synchronous_commit as configured; {args.connections} connections; {args.rounds} rounds; "
+          f"{os.cpu_count()} CPUs; medians):")
+    for n in names:
+        s_, d_ = med[n]
+        print(f"  {n:<12} submissions {s_:7.0f} /s ({s_ / base_sub:.2f}x sqlite, {s_ / TARGET:.2f}x the "
+              f"{TARGET:.0f}/s target)   completions {d_:6.1f} /s ({d_ / base_done:.2f}x sqlite)")
+    return ok and med["postgres x1"][0] >= TARGET
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
@@ -127,6 +250,12 @@ def main():
                     help="measure completions/s of a full queue, one claim per commit against batched")
     ap.add_argument("--rounds", type=int, default=3, help="--completion: measurements per mode")
     ap.add_argument("--fill-seconds", type=int, default=3, help="--completion: seconds of submissions")
+    ap.add_argument("--shared", action="store_true",
+                    help="SQLite against PostgreSQL with 1 and 3 replicas: submissions and completions")
+    ap.add_argument("--drain-requests", type=int, default=600,
+                    help="--shared: requests queued for the completions measurement")
+    ap.add_argument("--pg", default="postgres://postgres@127.0.0.1:5432",
+                    help="--shared: the PostgreSQL server (databases are made and dropped)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--port", type=int, default=18181)
     args = ap.parse_args()
@@ -138,7 +267,7 @@ def main():
         if args.completion:
             completion(binary, args, lua)
             return
-        ok = submission(binary, args, lua)
+        ok = shared(binary, args, lua) if args.shared else submission(binary, args, lua)
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 

@@ -28,6 +28,8 @@ mod otel;
 mod python_models;
 #[cfg(unix)]
 mod replicas;
+#[cfg(unix)]
+mod shared_deployments;
 mod streaming;
 mod tokenizer_cli;
 mod truss_http;

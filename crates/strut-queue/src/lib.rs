@@ -15,7 +15,7 @@ mod postgres;
 mod record;
 mod sqlite;
 
-pub use postgres::{PgSettings, PgStore, migrate};
+pub use postgres::{PgSettings, PgStore, listen, migrate, pool};
 pub use record::{
     ErrorEntry, LogLine, NewRequest, Outcome, Protocol, Record, RetryConfig, Status, WebhookStatus,
 };

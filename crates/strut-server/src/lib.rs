@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::{Admission, Permit};
 pub use axum::http::HeaderMap;
-pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP};
+pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP, SharedState};
 pub use deployment::{DEPLOYMENT_HEADER, Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
 pub use queue::{AsyncSettings, WebhookCa, WebhookCaError, install_crypto_provider};
@@ -79,11 +79,59 @@ impl Server {
         sink: Arc<dyn LogSink>,
         settings: ControlSettings,
     ) -> Result<Self, ControlError> {
-        let (control, saved) = control::Control::open(settings)?;
+        Self::open_with(limits, sink, settings, None)
+    }
+
+    fn open_with(
+        limits: Limits,
+        sink: Arc<dyn LogSink>,
+        settings: ControlSettings,
+        shared: Option<Arc<SharedState>>,
+    ) -> Result<Self, ControlError> {
+        let (control, saved) = control::Control::open(settings, shared)?;
         let state = AppState::new(limits, sink, Some(control));
         let control = state.control().expect("just set");
         control.restore(&state, &saved, state.limits());
         Ok(Self { state })
+    }
+
+    /// [`Server::open`] and [`Server::deploy_dir`] over deployments and
+    /// environments shared with other replicas: under a lock that replicas
+    /// starting together take in turn, the data directory is brought up to
+    /// the shared state, `path` is deployed as `deploy_dir` does (a
+    /// directory another replica deployed already is the same deployment),
+    /// and what changed is written back. Afterwards the server follows
+    /// other replicas' changes.
+    pub async fn open_shared(
+        limits: Limits,
+        sink: Arc<dyn LogSink>,
+        settings: ControlSettings,
+        shared: Arc<SharedState>,
+        path: &Path,
+        environment: Option<&str>,
+    ) -> Result<(Self, Arc<Deployment>), ControlError> {
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        let _startup = shared
+            .lock("strut_startup", Some(far))
+            .await
+            .map_err(ControlError::Shared)?
+            .ok_or_else(|| {
+                ControlError::Shared(ApiError::Storage(
+                    "another replica held the startup lock for 10 minutes".into(),
+                ))
+            })?;
+        control::pull_into(&shared, &settings.data_dir, settings.max_upload_bytes)
+            .await
+            .map_err(ControlError::Shared)?;
+        let server = Self::open_with(limits, sink, settings, Some(shared))?;
+        let deployment = server.deploy_dir(path, environment)?;
+        let control = server.state.control().expect("just set");
+        control
+            .publish_all(&server.state)
+            .await
+            .map_err(ControlError::Shared)?;
+        control::follow(server.state.clone());
+        Ok((server, deployment))
     }
 
     /// Snapshots the model directory at `path` as a deployment behind

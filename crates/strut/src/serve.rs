@@ -9,7 +9,7 @@ use clap::Args;
 use strut_model::Registry;
 use strut_python::PythonSettings;
 use strut_queue::{PgSettings, PgStore, QueueStore, SqliteStore};
-use strut_server::{ApiKeys, ControlSettings, Server, Settings, TracingLogSink};
+use strut_server::{ApiKeys, ControlSettings, Server, Settings, SharedState, TracingLogSink};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -108,10 +108,31 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
         max_upload_bytes: settings.max_upload_bytes,
         registry,
     };
-    let server = Server::open(settings.limits(), Arc::new(TracingLogSink), control)?;
-    let deployment = server
-        .deploy_dir(&args.path, args.environment.as_deref())
-        .with_context(|| format!("serving {}", args.path.display()))?;
+    let (server, deployment) = match &settings.store_url {
+        // Deployments and environments shared through the store too.
+        Some(url) => {
+            let shared = SharedState::connect(url)
+                .await
+                .context("connecting to the --store-url PostgreSQL store")?;
+            Server::open_shared(
+                settings.limits(),
+                Arc::new(TracingLogSink),
+                control,
+                Arc::new(shared),
+                &args.path,
+                args.environment.as_deref(),
+            )
+            .await
+            .with_context(|| format!("serving {}", args.path.display()))?
+        }
+        None => {
+            let server = Server::open(settings.limits(), Arc::new(TracingLogSink), control)?;
+            let deployment = server
+                .deploy_dir(&args.path, args.environment.as_deref())
+                .with_context(|| format!("serving {}", args.path.display()))?;
+            (server, deployment)
+        }
+    };
     tracing::info!(deployment = %deployment.id(), "startup deployment");
     let store = open_store(settings, &queue_path).await?;
     let secrets = async_settings.webhook_secrets.len();

@@ -1,7 +1,7 @@
 //! The containers: they run `strut serve` with flags, variables, resources,
 //! user and volumes that strut and the image have.
 
-use super::workload::{Serve, workloads};
+use super::workload::{Serve, Workload, workload, workloads};
 use super::{flag_value, manifests, named};
 use crate::container::Image;
 
@@ -28,11 +28,13 @@ fn containers_run_strut_serve_with_flags_and_variables_it_has() {
                 w.what
             );
         }
-        for (name, _) in w
-            .env(&image)
+        // The image's variables and the container's, literal or not.
+        let image_env = w.env(&image);
+        let names = image_env
             .iter()
-            .filter(|(k, _)| k.starts_with("STRUT_"))
-        {
+            .map(|(k, _)| k.as_str())
+            .chain(w.env_names());
+        for name in names.filter(|k| k.starts_with("STRUT_")) {
             assert!(
                 serve.reads_env(name),
                 "{}: `strut serve` does not read {name}",
@@ -105,22 +107,27 @@ fn containers_run_strut_serve_with_flags_and_variables_it_has() {
 fn model_volumes_are_where_strut_serves_from() {
     let all = manifests();
     let image = Image::from_repo();
-    let workloads = workloads(&all);
-    let deployment = &workloads[0];
-    let model = deployment.model_path(&image);
-    let volume = deployment
-        .mount(&model)
-        .expect("the model directory is a mounted volume");
-    let claim = volume["persistentVolumeClaim"]["claimName"]
-        .as_str()
-        .expect("a claim");
-    assert!(
-        named(&all, "PersistentVolumeClaim", claim).is_some(),
-        "PVC {claim} in deploy/"
-    );
+    let model_claim = |w: &Workload<'_>| {
+        let model = w.model_path(&image);
+        let volume = w
+            .mount(&model)
+            .unwrap_or_else(|| panic!("{}: the model directory is a mounted volume", w.what));
+        let claim = volume["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: a claim", w.what))
+            .to_owned();
+        assert!(
+            named(&all, "PersistentVolumeClaim", &claim).is_some(),
+            "{}: PVC {claim} in deploy/",
+            w.what
+        );
+        claim
+    };
+    model_claim(&workload(&all, "Deployment strut-shared"));
+    let claim = model_claim(&workload(&all, "Deployment strut"));
 
     // KServe's storage initializer fills /mnt/models from STORAGE_URI.
-    let isvc = &workloads[1];
+    let isvc = workload(&all, "InferenceService");
     assert_eq!(isvc.container["name"], "kserve-container");
     assert_eq!(isvc.model_path(&image), "/mnt/models");
     let uri = isvc.env_var(&image, "STORAGE_URI").expect("STORAGE_URI");

@@ -8,11 +8,17 @@
 //! This file reads deploy/; workload.rs is how a pod runs strut, and the
 //! checks are grouped by what they hold to: containers.rs (image, flags,
 //! volumes), probes.rs (probes and drain, then the real binary), cluster.rs
-//! (kinds, names, selectors, autoscaling).
+//! (kinds, names, selectors, autoscaling), shared_store.rs (the replicas on
+//! one PostgreSQL store in deploy/kubernetes/shared-store/: the store's URL,
+//! the replicas' names, KEDA on the queue's backlog).
+//!
+//! deploy/ holds two Deployments, `strut` (one queue per pod) and
+//! `strut-shared`; checks that concern one name it.
 
 mod cluster;
 mod containers;
 mod probes;
+mod shared_store;
 mod workload;
 
 use std::path::PathBuf;
@@ -85,6 +91,13 @@ fn one<'a>(all: &'a [Manifest], kind: &str) -> &'a Value {
     let found: Vec<_> = all.iter().filter(|m| m.doc["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "one {kind} in deploy/");
     &found[0].doc
+}
+
+fn all_of<'a>(all: &'a [Manifest], kind: &str) -> Vec<&'a Value> {
+    all.iter()
+        .map(|m| &m.doc)
+        .filter(|d| d["kind"] == kind)
+        .collect()
 }
 
 fn named<'a>(all: &'a [Manifest], kind: &str, name: &str) -> Option<&'a Value> {

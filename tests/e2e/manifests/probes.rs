@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::workload::{Serve, workloads};
+use super::workload::{Serve, workload, workloads};
 use super::{flag_value, manifests, one, seconds, strings};
 use crate::common::client;
+use crate::common::postgres::TestDatabase;
 use crate::common::process::StrutProcess;
 use crate::container::{Image, Started, wait_ready, wait_started};
 
@@ -77,7 +78,7 @@ fn probes_target_strut_routes_on_its_port_and_the_grace_period_covers_the_drain(
     let isvc = one(&all, "InferenceService");
     let name = isvc["metadata"]["name"].as_str().unwrap();
     assert_eq!(
-        workloads(&all)[1].probe_path("readinessProbe"),
+        workload(&all, "InferenceService").probe_path("readinessProbe"),
         format!("/v1/models/{name}")
     );
 }
@@ -103,6 +104,20 @@ async fn probes_answer_on_the_real_server_run_as_the_containers_run_it() {
         // the probes above, and a fixed one would collide between the runs.
         cmd.env("STRUT_SECRETS_DIR", secrets.path())
             .env("STRUT_PORT", "0");
+        // What the pod takes from its Secret and its own name: a database of
+        // the test's own on the machine's PostgreSQL, and a pod's name.
+        let store = match w.env_source("STRUT_STORE_URL") {
+            Some(_) => {
+                let db = TestDatabase::create().await;
+                cmd.env("STRUT_STORE_URL", &db.url);
+                Some(db)
+            }
+            None => None,
+        };
+        if let Some(source) = w.env_source("STRUT_REPLICA_ID") {
+            assert_eq!(source["fieldRef"]["fieldPath"], "metadata.name");
+            cmd.env("STRUT_REPLICA_ID", "strut-shared-7d9c5b6f4-x2x8q");
+        }
         let process = StrutProcess::spawn(cmd);
         let address = match wait_started(&process) {
             Started::Listening(address) => address,
@@ -135,5 +150,13 @@ async fn probes_answer_on_the_real_server_run_as_the_containers_run_it() {
         process.sigterm();
         let (status, logs) = process.wait(Duration::from_secs(60));
         assert!(status.success(), "{}:\n{logs}", w.what);
+        if store.is_some() {
+            assert!(
+                logs.contains("async queue on PostgreSQL")
+                    && logs.contains("strut-shared-7d9c5b6f4-x2x8q"),
+                "{}: the queue on the store, under the pod's name:\n{logs}",
+                w.what
+            );
+        }
     }
 }

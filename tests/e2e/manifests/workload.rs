@@ -3,33 +3,49 @@
 
 use serde_json::Value;
 
-use super::{Manifest, flag_value, one, strings};
+use super::{Manifest, all_of, flag_value, one, strings};
 use crate::container::{Image, serve_help};
 
-/// A pod that runs strut: the Deployment's template or KServe's predictor.
+/// A pod that runs strut: a Deployment's template or KServe's predictor.
 pub(super) struct Workload<'a> {
+    /// `Deployment <name>` or `InferenceService`.
     pub(super) what: String,
     pub(super) pod: &'a Value,
     pub(super) container: &'a Value,
 }
 
+/// Every Deployment (the single replica set-up's `strut`, then the shared
+/// store's `strut-shared`), then KServe's predictor.
 pub(super) fn workloads(all: &[Manifest]) -> Vec<Workload<'_>> {
-    let deployment = one(all, "Deployment");
-    let isvc = one(all, "InferenceService");
-    let pod = &deployment["spec"]["template"]["spec"];
-    let predictor = &isvc["spec"]["predictor"];
-    vec![
-        Workload {
-            what: "Deployment".into(),
-            pod,
-            container: &pod["containers"][0],
-        },
-        Workload {
-            what: "InferenceService".into(),
-            pod: predictor,
-            container: &predictor["containers"][0],
-        },
-    ]
+    let mut workloads: Vec<_> = all_of(all, "Deployment")
+        .into_iter()
+        .map(|deployment| {
+            let pod = &deployment["spec"]["template"]["spec"];
+            Workload {
+                what: format!(
+                    "Deployment {}",
+                    deployment["metadata"]["name"].as_str().unwrap()
+                ),
+                pod,
+                container: &pod["containers"][0],
+            }
+        })
+        .collect();
+    let predictor = &one(all, "InferenceService")["spec"]["predictor"];
+    workloads.push(Workload {
+        what: "InferenceService".into(),
+        pod: predictor,
+        container: &predictor["containers"][0],
+    });
+    workloads
+}
+
+/// The one workload that is `what`.
+pub(super) fn workload<'a>(all: &'a [Manifest], what: &str) -> Workload<'a> {
+    workloads(all)
+        .into_iter()
+        .find(|w| w.what == what)
+        .unwrap_or_else(|| panic!("{what} in deploy/"))
 }
 
 impl Workload<'_> {
@@ -134,6 +150,29 @@ impl Workload<'_> {
     }
 }
 
+/// What borrows from the manifest rather than from the workload.
+impl<'a> Workload<'a> {
+    /// Every variable the container sets, literal or from a source
+    /// (`valueFrom`: a Secret, a field of the pod).
+    pub(super) fn env_names(&self) -> Vec<&'a str> {
+        self.container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|var| var["name"].as_str().expect("a variable's name"))
+            .collect()
+    }
+
+    /// Where the container's variable `name` comes from, when not a literal.
+    pub(super) fn env_source(&self, name: &str) -> Option<&'a Value> {
+        self.container["env"]
+            .as_array()?
+            .iter()
+            .find(|var| var["name"] == name)?
+            .get("valueFrom")
+    }
+}
+
 /// The flags of `strut serve`, its variables and the drain it defaults to.
 pub(super) struct Serve {
     help: String,
@@ -150,8 +189,11 @@ impl Serve {
         self.help.contains(&format!("{flag} <")) || self.help.contains(&format!("{flag} "))
     }
 
+    /// `[env: NAME=value]`, or `[env: NAME]` for a variable whose value
+    /// the help hides (STRUT_STORE_URL: it may hold a password).
     pub(super) fn reads_env(&self, name: &str) -> bool {
         self.help.contains(&format!("[env: {name}="))
+            || self.help.contains(&format!("[env: {name}]"))
     }
 
     pub(super) fn default_grace_period(&self) -> u64 {

@@ -81,21 +81,7 @@ impl PgStore {
     /// Connects, migrates the schema (once, whichever replica gets there
     /// first) and starts the listener.
     pub async fn connect(settings: PgSettings) -> Result<Self, QueueError> {
-        let config = tokio_postgres::Config::from_str(&settings.url)
-            .map_err(|e| QueueError::Storage(format!("the store URL is not valid: {e}")))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size.max(2))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| QueueError::Storage(format!("building the connection pool: {e}")))?;
+        let (config, pool) = pool(&settings.url, settings.pool_size)?;
         {
             let mut client = pool.get().await?;
             migrate(&mut client, "async_queue", MIGRATIONS).await?;
@@ -104,7 +90,15 @@ impl PgStore {
         let (notices, _) = broadcast::channel(1024);
         let (enqueues, rx) = mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(listen(config, notices.clone())),
+            tokio::spawn(listen(config, &["strut_queue", "strut_cancel"], {
+                let notices = notices.clone();
+                move |channel, payload| {
+                    let _ = notices.send(match channel {
+                        "strut_cancel" => Notice::Cancel(payload.to_owned()),
+                        _ => Notice::Queued,
+                    });
+                }
+            })),
             tokio::spawn(write_enqueues(pool.clone(), rx, unfinished.clone())),
             tokio::spawn(refresh_count(pool.clone(), unfinished.clone())),
         ];
@@ -154,6 +148,27 @@ impl Unfinished {
             count.0 = n;
         }
     }
+}
+
+/// The parsed `url` and a pool of up to `size` connections to it (made as
+/// they are needed), for every part of strut that keeps state there.
+pub fn pool(url: &str, size: usize) -> Result<(tokio_postgres::Config, Pool), QueueError> {
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| QueueError::Storage(format!("the store URL is not valid: {e}")))?;
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(size.max(2))
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| QueueError::Storage(format!("building the connection pool: {e}")))?;
+    Ok((config, pool))
 }
 
 /// Runs the `steps` of `scope` this database has not run yet, each in the
@@ -236,9 +251,15 @@ async fn refresh_count(pool: Pool, unfinished: Arc<Unfinished>) {
     }
 }
 
-/// The listener: its own connection, `LISTEN`ing on both channels. After a
-/// reconnect it announces `Queued` once, for whatever was missed meanwhile.
-async fn listen(config: tokio_postgres::Config, notices: broadcast::Sender<Notice>) {
+/// `LISTEN`s on `channels` on a connection of its own, reconnecting with
+/// backoff. `on` gets each notification's channel and payload, and
+/// `("", "")` after every (re)connect, for whatever was missed meanwhile.
+pub async fn listen(
+    config: tokio_postgres::Config,
+    channels: &'static [&'static str],
+    mut on: impl FnMut(&str, &str) + Send + 'static,
+) {
+    let statement: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
     let mut backoff = Duration::from_millis(100);
     loop {
         match config.connect(NoTls).await {
@@ -255,32 +276,25 @@ async fn listen(config: tokio_postgres::Config, notices: broadcast::Sender<Notic
                             }
                             Ok(_) => {}
                             Err(err) => {
-                                tracing::warn!("the queue listener's connection failed: {err}");
+                                tracing::warn!("a listener's connection failed: {err}");
                                 break;
                             }
                         }
                     }
                 });
-                match client
-                    .batch_execute("LISTEN strut_queue; LISTEN strut_cancel")
-                    .await
-                {
+                match client.batch_execute(&statement).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);
-                        let _ = notices.send(Notice::Queued);
+                        on("", "");
                         while let Some(n) = rx.recv().await {
-                            let notice = match n.channel() {
-                                "strut_cancel" => Notice::Cancel(n.payload().to_owned()),
-                                _ => Notice::Queued,
-                            };
-                            let _ = notices.send(notice);
+                            on(n.channel(), n.payload());
                         }
                     }
-                    Err(err) => tracing::warn!("LISTEN on the queue failed: {}", db(&err)),
+                    Err(err) => tracing::warn!("LISTEN failed: {}", db(&err)),
                 }
                 driver.abort();
             }
-            Err(err) => tracing::warn!("the queue listener cannot connect: {}", db(&err)),
+            Err(err) => tracing::warn!("a listener cannot connect: {}", db(&err)),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

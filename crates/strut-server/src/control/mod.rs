@@ -3,7 +3,9 @@
 
 mod auth;
 mod ops;
+mod shared;
 mod store;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,9 @@ use strut_model::{InitContext, Registry};
 
 pub use auth::ApiKeys;
 pub use ops::Precondition;
+pub use shared::SharedState;
 pub use store::{DeploymentRecord, LogEntry};
+pub(crate) use sync::{follow, pull_into};
 
 use crate::bundle::{self, BundleError};
 use crate::deployment::{Deployment, DeploymentSpec, LoadState};
@@ -53,16 +57,24 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Shared(ApiError),
 }
 
 pub struct Control {
     settings: ControlSettings,
     store: Store,
     records: Mutex<BTreeMap<String, DeploymentRecord>>,
+    /// Deployments and environments shared with other replicas; the data
+    /// directory is then this replica's cache of them.
+    shared: Option<Arc<SharedState>>,
 }
 
 impl Control {
-    pub(crate) fn open(settings: ControlSettings) -> Result<(Self, StateFile), ControlError> {
+    pub(crate) fn open(
+        settings: ControlSettings,
+        shared: Option<Arc<SharedState>>,
+    ) -> Result<(Self, StateFile), ControlError> {
         let data_dir = |source| ControlError::DataDir {
             path: settings.data_dir.clone(),
             source,
@@ -78,6 +90,7 @@ impl Control {
             settings,
             store,
             records: Mutex::new(records),
+            shared,
         };
         Ok((control, state))
     }
@@ -139,12 +152,24 @@ impl Control {
             error: entry.error.map(|e| e.to_string()),
         };
         tracing::info!(who = %entry.who, action = %entry.action, outcome = %entry.outcome, "deploy log");
+        if let Some(shared) = self.shared.clone() {
+            let entry = entry.clone();
+            tokio::spawn(async move {
+                if let Err(err) = shared.append_log(&entry).await {
+                    tracing::error!("could not append to the shared deploy log: {err}");
+                }
+            });
+        }
         if let Err(err) = self.store.append_log(&entry) {
             tracing::error!("could not append to the deploy log: {err}");
         }
     }
 
-    pub(crate) fn read_log(&self, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
+    /// The deploy log: every replica's when shared, else this one's.
+    pub(crate) async fn read_log(&self, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
+        if let Some(shared) = &self.shared {
+            return shared.read_log(limit.max(1)).await;
+        }
         self.store
             .read_log(limit.max(1))
             .map_err(|e| ApiError::Storage(e.to_string()))

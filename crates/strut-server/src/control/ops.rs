@@ -74,6 +74,24 @@ impl Control {
                 error,
             });
         };
+        let deadline = Instant::now() + state.limits().deploy_wait;
+        // Across replicas: one push or promotion of the environment at a time,
+        // each starting from the shared state.
+        let _shared = match environment {
+            Some(env) => match self.begin_shared(state, env, Some(deadline)).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    let err = ApiError::PromotionInProgress(env.to_owned());
+                    log(None, None, Some(&err));
+                    return Err(err);
+                }
+                Err(err) => {
+                    log(None, None, Some(&err));
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
         let expected = match environment {
             Some(env) => {
                 let view = state
@@ -102,7 +120,6 @@ impl Control {
             self.watch_load(state, deployment.clone(), who);
             return Ok((false, self.deployment_json(state, &deployment)));
         };
-        let deadline = Instant::now() + state.limits().deploy_wait;
         let lock = state.operation_lock(env)?;
         let switched = match tokio::time::timeout_at(deadline, lock.lock_owned()).await {
             Ok(_guard) => {
@@ -116,6 +133,13 @@ impl Control {
                 .await
             }
             Err(_) => Err(ApiError::PromotionInProgress(env.to_owned())),
+        };
+        let switched = match switched {
+            Ok(previous) => self
+                .publish_environment(state, env)
+                .await
+                .map(|()| previous),
+            Err(err) => Err(err),
         };
         match switched {
             Ok(previous) => {
@@ -148,6 +172,8 @@ impl Control {
         let target = self.store.deployment_dir(&id);
         let max = self.settings.max_upload_bytes as u64;
         let (tmp, dest) = (incoming.clone(), target.clone());
+        // Kept for the shared state (a cheap clone: the bytes are shared).
+        let bundle = archive.clone();
         // Unpacking, hashing and renaming are blocking file work.
         let unpacked = tokio::task::spawn_blocking(move || {
             bundle::unpack(&archive, &tmp, max)?;
@@ -183,13 +209,15 @@ impl Control {
                 });
             }
         };
-        self.add_record(DeploymentRecord {
+        let record = DeploymentRecord {
             id,
             created_at: now_rfc3339(),
             created_by: who.to_owned(),
             fingerprint,
             environment: environment.map(str::to_owned),
-        });
+        };
+        self.publish_deployment(&record, &bundle).await?;
+        self.add_record(record);
         let deployment = Deployment::start(spec, &self.settings.registry, state.limits());
         state.add_deployment(deployment.clone());
         self.persist(state);
@@ -269,6 +297,7 @@ impl Control {
         to: Option<&str>,
         work: impl AsyncFnOnce() -> Result<(Option<Arc<Deployment>>, Arc<Deployment>), ApiError>,
     ) -> Result<Value, ApiError> {
+        let shared = self.begin_shared(state, env, None).await;
         let from = state
             .environment_view(env)
             .ok()
@@ -284,11 +313,15 @@ impl Control {
                 error,
             });
         };
-        let outcome = match state.operation_lock(env) {
-            Err(err) => Err(err),
-            Ok(lock) => match lock.try_lock_owned() {
+        let outcome = match (shared, state.operation_lock(env)) {
+            (Err(err), _) | (_, Err(err)) => Err(err),
+            (Ok(None), _) => Err(ApiError::PromotionInProgress(env.to_owned())),
+            (Ok(Some(_shared)), Ok(lock)) => match lock.try_lock_owned() {
                 Err(_) => Err(ApiError::PromotionInProgress(env.to_owned())),
-                Ok(_guard) => work().await,
+                Ok(_guard) => match work().await {
+                    Ok(done) => self.publish_environment(state, env).await.map(|()| done),
+                    Err(err) => Err(err),
+                },
             },
         };
         match outcome {
@@ -310,7 +343,7 @@ impl Control {
 
 /// Makes `target` ready (loading it again if it was unloaded, waiting while it
 /// loads) and re-points `env` at it. Refuses a deployment whose load failed.
-async fn switch(
+pub(super) async fn switch(
     state: &AppState,
     env: &str,
     target: &Arc<Deployment>,

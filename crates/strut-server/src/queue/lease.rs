@@ -10,19 +10,21 @@ use tokio::sync::broadcast;
 use super::AsyncQueue;
 
 /// Renews every third of the lease, so two renewals can fail before the
-/// lease lapses and another replica runs the request again.
+/// lease lapses and another replica runs the request again. It runs on
+/// through shutdown until nothing runs: requests still finishing in the
+/// drain keep their leases.
 pub(super) async fn renew_loop(queue: Arc<AsyncQueue>) {
     let mut tick = tokio::time::interval(queue.settings.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = queue.stop.cancelled() => return,
-        }
+        tick.tick().await;
         // Sync Cog predictions are in the map too; the store renews only
         // what it has running.
         let ids = queue.running_ids();
         if ids.is_empty() {
+            if queue.stop.is_cancelled() {
+                return;
+            }
             continue;
         }
         match queue.store.renew(&ids, queue.lease_until()).await {

@@ -185,7 +185,9 @@ async fn create_environment(
     let CreateEnvironment { name } = json_body(body).await?;
     valid_name(&name)?;
     state.create_environment(&name)?;
-    control(&state)?.persist(&state);
+    let control = control(&state)?;
+    control.persist(&state);
+    control.publish_environment(&state, &name).await?;
     let view = state.environment_view(&name)?;
     Ok((StatusCode::CREATED, axum::Json(environment_json(&view))).into_response())
 }
@@ -227,7 +229,9 @@ async fn deploy_log(
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidInput(e.body_text()))?;
-    let entries = control(&state)?.read_log(query.limit.unwrap_or(DEFAULT_LOG_LIMIT))?;
+    let entries = control(&state)?
+        .read_log(query.limit.unwrap_or(DEFAULT_LOG_LIMIT))
+        .await?;
     Ok(axum::Json(json!({"entries": entries})).into_response())
 }
 

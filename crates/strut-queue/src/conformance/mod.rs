@@ -3,111 +3,19 @@
 //! PostgreSQL is found at `STRUT_TEST_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432`); a test that cannot reach it fails.
 
+mod harness;
+mod shared;
+
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 
 use crate::{
-    Cancel, Durability, Enqueued, ErrorEntry, LogLine, Millis, NewRequest, Next, Notice, Outcome,
-    PgSettings, PgStore, Protocol, QueueCounts, QueueStore, Record, Recovered, RetryConfig,
-    SqliteStore, Status, WebhookAttempt, WebhookStatus,
+    Cancel, Enqueued, ErrorEntry, LogLine, Millis, NewRequest, Next, Outcome, Protocol,
+    QueueCounts, QueueStore, Record, Recovered, RetryConfig, Status, WebhookAttempt, WebhookStatus,
 };
-
-/// Opens stores over one backend: stores opened from the same harness share
-/// their data, as replicas (different names) or one replica restarted.
-trait Harness: Sized {
-    async fn new() -> Self;
-    async fn open(&self, replica: &str) -> Arc<dyn QueueStore>;
-}
-
-struct Sqlite(tempfile::TempDir);
-
-impl Harness for Sqlite {
-    async fn new() -> Self {
-        Sqlite(tempfile::tempdir().unwrap())
-    }
-
-    async fn open(&self, _replica: &str) -> Arc<dyn QueueStore> {
-        let path = self.0.path().join("queue.sqlite3");
-        Arc::new(SqliteStore::open(&path, Durability::Full).unwrap())
-    }
-}
-
-pub(crate) struct Postgres {
-    base: String,
-    database: String,
-}
-
-impl Postgres {
-    pub(crate) fn base() -> String {
-        std::env::var("STRUT_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-    }
-
-    pub(crate) async fn admin(base: &str) -> tokio_postgres::Client {
-        let (client, connection) =
-            tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("these tests need PostgreSQL at {base} (STRUT_TEST_POSTGRES): {e}")
-                });
-        tokio::spawn(connection);
-        client
-    }
-}
-
-impl Harness for Postgres {
-    async fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let base = Self::base();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let database = format!(
-            "strut_queue_test_{}_{}_{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        Self::admin(&base)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .await
-            .unwrap();
-        Postgres { base, database }
-    }
-
-    async fn open(&self, replica: &str) -> Arc<dyn QueueStore> {
-        let settings = PgSettings {
-            url: format!("{}/{}", self.base, self.database),
-            replica: replica.into(),
-            pool_size: 4,
-        };
-        Arc::new(PgStore::connect(settings).await.unwrap())
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // The test's runtime is ending; drop the database from a runtime of our own.
-        let (base, database) = (self.base.clone(), self.database.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let admin = Postgres::admin(&base).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
-    }
-}
+use harness::{Harness, Postgres, Sqlite};
 
 fn request(id: &str, priority: u8, created_ms: Millis) -> NewRequest {
     NewRequest {
@@ -544,76 +452,3 @@ macro_rules! suite {
 
 suite!(sqlite, Sqlite);
 suite!(postgres, Postgres);
-
-/// What only a store shared by replicas promises.
-mod shared {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replicas_hear_of_new_work_and_of_cancels() {
-        let h = Postgres::new().await;
-        let (a, b) = (h.open("a").await, h.open("b").await);
-        let mut heard = b.notices().unwrap();
-        // The listener announces itself once connected; wait for that.
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv()).await;
-        assert_eq!(first.unwrap().unwrap(), Notice::Queued);
-        a.enqueue(request("n", 0, 0)).await.unwrap();
-        let queued = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv()).await;
-        assert_eq!(queued.unwrap().unwrap(), Notice::Queued);
-        claim_one(&*b, "env:production", 1).await.unwrap();
-        assert_eq!(a.cancel("n", 2).await.unwrap(), Cancel::Running);
-        let cancel = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv()).await;
-        assert_eq!(cancel.unwrap().unwrap(), Notice::Cancel("n".into()));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_replica_that_lost_its_lease_cannot_record_a_result() {
-        let h = Postgres::new().await;
-        let (a, b) = (h.open("a").await, h.open("b").await);
-        a.enqueue(request("f", 0, 0)).await.unwrap();
-        a.claim("env:production", "d", 1, 1, 100).await.unwrap();
-        // a stalls past its lease; b takes the request back and runs it.
-        assert_eq!(b.reclaim(101).await.unwrap().retried, 1);
-        assert!(a.renew(&["f".into()], 10_000).await.unwrap().is_empty());
-        assert_eq!(
-            ids(b.claim("env:production", "d", 102, 1, LEASE).await.unwrap()),
-            ["f"]
-        );
-        let outcome = |output| Outcome {
-            status: Status::Succeeded,
-            output: Some(json!(output)),
-            errors: vec![],
-            logs: vec![],
-        };
-        assert!(!a.finish("f", outcome("a"), 103).await.unwrap(), "fenced");
-        assert!(
-            !a.retry_later("f", 0, ErrorEntry::new("E", "e"))
-                .await
-                .unwrap(),
-            "fenced"
-        );
-        assert!(b.finish("f", outcome("b"), 104).await.unwrap());
-        let f = b.get("f").await.unwrap().unwrap();
-        assert_eq!((f.output, f.attempts), (Some(json!("b")), 2));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn replicas_starting_together_migrate_once() {
-        let h = Postgres::new().await;
-        let names: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
-        let opened = futures::future::join_all(names.iter().map(|n| h.open(n))).await;
-        assert_eq!(opened.len(), 4);
-        let admin =
-            tokio_postgres::connect(&format!("{}/{}", h.base, h.database), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(admin.1);
-        let n: i64 = admin
-            .0
-            .query_one("SELECT count(*) FROM strut_migrations", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 1);
-    }
-}
