@@ -3,7 +3,8 @@
 //! on whichever has a free slot, its status answers from any of them, a
 //! cancel through one stops the request where it runs, and a replica killed
 //! with SIGKILL has its running work taken back by the others once its
-//! leases lapse.
+//! leases lapse. A running request's log lines are readable through any
+//! replica too.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

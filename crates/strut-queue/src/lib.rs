@@ -77,6 +77,14 @@ pub enum Enqueued {
     Exists(Box<Record>),
 }
 
+/// A running request whose lease is renewed.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    pub id: String,
+    /// Its log lines so far, when they changed since the last renewal.
+    pub logs: Option<Vec<LogLine>>,
+}
+
 /// What the dispatcher should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -182,8 +190,13 @@ pub trait QueueStore: Send + Sync + 'static {
     ) -> Result<Vec<Record>, QueueError>;
 
     /// Extends the leases of these running requests (this replica's) to
-    /// `lease_until`; returns those among them whose cancel was recorded.
-    async fn renew(&self, ids: &[String], lease_until: Millis) -> Result<Vec<String>, QueueError>;
+    /// `lease_until`, storing the log lines given with them so that any
+    /// replica can show them; returns those whose cancel was recorded.
+    async fn renew(
+        &self,
+        running: &[Renewal],
+        lease_until: Millis,
+    ) -> Result<Vec<String>, QueueError>;
 
     /// Running requests whose lease is past at `now` (their replica died):
     /// CANCELED when a cancel was recorded, else queued again or FAILED by

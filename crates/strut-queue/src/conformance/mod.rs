@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::{
     Cancel, Enqueued, ErrorEntry, LogLine, Millis, NewRequest, Next, Outcome, Protocol,
-    QueueCounts, QueueStore, Record, Recovered, RetryConfig, Status, WebhookAttempt, WebhookStatus,
+    QueueCounts, QueueStore, Record, Recovered, Renewal, RetryConfig, Status, WebhookAttempt,
+    WebhookStatus,
 };
 use harness::{Harness, Postgres, Sqlite};
 
@@ -345,11 +346,31 @@ async fn a_lapsed_lease_gives_the_request_back(h: impl Harness) {
         .unwrap();
     assert_eq!(ids(claimed), ["l", "c"]);
     assert_eq!(store.cancel("c", 20).await.unwrap(), Cancel::Running);
-    let renew = ["l".to_owned(), "c".to_owned()];
+    let line = LogLine {
+        time_ms: 30,
+        level: "info".into(),
+        message: "halfway".into(),
+    };
+    let renew = [
+        Renewal {
+            id: "l".into(),
+            logs: Some(vec![line.clone()]),
+        },
+        Renewal {
+            id: "c".into(),
+            logs: None,
+        },
+    ];
     assert_eq!(
         store.renew(&renew, 5_000).await.unwrap(),
         ["c"],
         "a renewal names the cancels recorded meanwhile"
+    );
+    let l = store.get("l").await.unwrap().unwrap();
+    assert_eq!(
+        (l.status, l.logs),
+        (Status::InProgress, vec![line]),
+        "a running request's lines so far are stored"
     );
     assert_eq!(
         store.reclaim(4_000).await.unwrap(),
@@ -365,7 +386,11 @@ async fn a_lapsed_lease_gives_the_request_back(h: impl Harness) {
     // The second and last attempt lapses too: FAILED, webhook due.
     let again = claim_one(&*store, "env:production", 6_000).await.unwrap();
     assert_eq!(again.attempts, 2);
-    store.renew(&["l".to_owned()], 7_000).await.unwrap();
+    let renew = Renewal {
+        id: "l".into(),
+        logs: None,
+    };
+    store.renew(&[renew], 7_000).await.unwrap();
     let reclaimed = store.reclaim(7_001).await.unwrap();
     assert_eq!(reclaimed.failed, 1);
     let l = store.get("l").await.unwrap().unwrap();

@@ -31,7 +31,11 @@ async fn a_replica_that_lost_its_lease_cannot_record_a_result() {
     a.claim("env:production", "d", 1, 1, 100).await.unwrap();
     // a stalls past its lease; b takes the request back and runs it.
     assert_eq!(b.reclaim(101).await.unwrap().retried, 1);
-    assert!(a.renew(&["f".into()], 10_000).await.unwrap().is_empty());
+    let renew = crate::Renewal {
+        id: "f".into(),
+        logs: None,
+    };
+    assert!(a.renew(&[renew], 10_000).await.unwrap().is_empty());
     assert_eq!(
         ids(b.claim("env:production", "d", 102, 1, LEASE).await.unwrap()),
         ["f"]

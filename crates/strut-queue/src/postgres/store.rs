@@ -12,7 +12,7 @@ use super::{Pending, PgStore, Unfinished};
 use crate::record::{ErrorEntry, NewRequest, Outcome, Record, Status, WebhookStatus};
 use crate::{
     Cancel, Enqueued, Millis, Next, Notice, QueueCounts, QueueError, QueueStore, Recovered,
-    WebhookAttempt, orphan_errors,
+    Renewal, WebhookAttempt, orphan_errors,
 };
 
 fn json_text(value: &impl serde::Serialize) -> Result<String, QueueError> {
@@ -295,16 +295,27 @@ impl QueueStore for PgStore {
         Ok(claimed)
     }
 
-    async fn renew(&self, ids: &[String], lease_until: Millis) -> Result<Vec<String>, QueueError> {
-        if ids.is_empty() {
+    async fn renew(
+        &self,
+        running: &[Renewal],
+        lease_until: Millis,
+    ) -> Result<Vec<String>, QueueError> {
+        if running.is_empty() {
             return Ok(Vec::new());
         }
+        let ids: Vec<&str> = running.iter().map(|r| r.id.as_str()).collect();
+        let logs = running
+            .iter()
+            .map(|r| r.logs.as_ref().map(json_text).transpose())
+            .collect::<Result<Vec<Option<String>>, QueueError>>()?;
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "UPDATE strut_async_requests SET lease_until_ms = $2 WHERE id = ANY($1) \
-                 AND status = 'IN_PROGRESS' AND owner = $3 RETURNING id, cancel_requested",
-                &[&ids, &lease_until, &self.replica],
+                "UPDATE strut_async_requests r SET lease_until_ms = $2, \
+                 logs = coalesce(u.logs, r.logs) FROM unnest($1::text[], $3::text[]) \
+                 AS u(id, logs) WHERE r.id = u.id AND r.status = 'IN_PROGRESS' \
+                 AND r.owner = $4 RETURNING r.id, r.cancel_requested",
+                &[&ids, &lease_until, &logs, &self.replica],
             )
             .await?;
         Ok(rows

@@ -10,8 +10,8 @@ use super::row::{self, COLUMNS, get};
 use super::{SqliteStore, json_text};
 use crate::record::{ErrorEntry, NewRequest, Outcome, Record, Status, WebhookStatus};
 use crate::{
-    Cancel, Enqueued, Millis, Next, QueueCounts, QueueError, QueueStore, Recovered, WebhookAttempt,
-    orphan_errors,
+    Cancel, Enqueued, Millis, Next, QueueCounts, QueueError, QueueStore, Recovered, Renewal,
+    WebhookAttempt, orphan_errors,
 };
 
 #[async_trait]
@@ -114,17 +114,24 @@ impl QueueStore for SqliteStore {
         .await
     }
 
-    async fn renew(&self, ids: &[String], lease_until: Millis) -> Result<Vec<String>, QueueError> {
-        let ids = ids.to_vec();
+    async fn renew(
+        &self,
+        running: &[Renewal],
+        lease_until: Millis,
+    ) -> Result<Vec<String>, QueueError> {
+        let running = running
+            .iter()
+            .map(|r| Ok((r.id.clone(), r.logs.as_ref().map(json_text).transpose()?)))
+            .collect::<Result<Vec<_>, QueueError>>()?;
         self.write(move |conn| {
             let mut canceled = Vec::new();
-            for id in ids {
+            for (id, logs) in running {
                 let cancel: Option<bool> = conn
                     .prepare_cached(
-                        "UPDATE requests SET lease_until_ms = ?2 \
+                        "UPDATE requests SET lease_until_ms = ?2, logs = coalesce(?3, logs) \
                          WHERE id = ?1 AND status = 'IN_PROGRESS' RETURNING cancel_requested",
                     )?
-                    .query_row(params![id, lease_until], |r| r.get(0))
+                    .query_row(params![id, lease_until, logs], |r| r.get(0))
                     .optional()?;
                 if cancel == Some(true) {
                     canceled.push(id);

@@ -54,6 +54,12 @@ impl Capture {
         kept.lines.push(line);
     }
 
+    /// Lines written so far, kept or dropped: a change means new lines.
+    pub fn written(&self) -> usize {
+        let kept = self.inner.lock().expect("capture lock");
+        kept.lines.len() + kept.dropped
+    }
+
     /// The lines kept so far, with a last line saying how many were dropped.
     pub fn lines(&self) -> Vec<LogLine> {
         let kept = self.inner.lock().expect("capture lock");

@@ -181,13 +181,12 @@ impl AsyncQueue {
         true
     }
 
-    /// The ids of the requests running here.
-    fn running_ids(&self) -> Vec<String> {
-        self.running
-            .lock()
-            .expect("running lock")
-            .keys()
-            .cloned()
+    /// The requests running here.
+    fn running_now(&self) -> Vec<(String, Arc<Running>)> {
+        let running = self.running.lock().expect("running lock");
+        running
+            .iter()
+            .map(|(id, r)| (id.clone(), r.clone()))
             .collect()
     }
 
