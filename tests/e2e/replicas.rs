@@ -245,3 +245,27 @@ async fn a_cancel_through_one_replica_stops_the_request_on_another() {
         asked.elapsed()
     );
 }
+
+#[test]
+fn a_store_url_that_cannot_serve_stops_startup_with_a_clear_error() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/echo");
+    // Not PostgreSQL; empty (an unset Secret); nothing listening. The last
+    // holds a password, which must not be echoed.
+    let cases = [
+        ("mysql://root@127.0.0.1/strut", "must be a postgres:// URL"),
+        ("", "must be a postgres:// URL"),
+        (
+            "postgres://strut:hunter2@127.0.0.1:1/strut",
+            "Connection refused",
+        ),
+    ];
+    for (url, expected) in cases {
+        let mut cmd = crate::common::process::strut();
+        cmd.args(["serve", model, "--host", "127.0.0.1", "--port", "0"])
+            .env("STRUT_STORE_URL", url);
+        let (status, logs) = StrutProcess::spawn(cmd).wait(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(1), "{url}: {logs}");
+        assert!(logs.contains(expected), "{url}: {logs}");
+        assert!(!logs.contains("hunter2"), "the password leaked: {logs}");
+    }
+}

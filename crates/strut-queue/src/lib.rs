@@ -52,15 +52,30 @@ impl From<tokio_postgres::Error> for QueueError {
         // The server's message (`db error: ...` alone says nothing).
         match err.as_db_error() {
             Some(db) => QueueError::Storage(format!("postgres: {}", db.message())),
-            None => QueueError::Storage(format!("postgres: {err}")),
+            None => QueueError::Storage(format!("postgres: {}", describe(&err))),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for QueueError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        QueueError::Storage(format!("postgres connection pool: {err}"))
+        QueueError::Storage(format!("postgres: {}", describe(&err)))
     }
+}
+
+/// An error with its causes (`error connecting to server: Connection
+/// refused`): the pool's and the driver's own messages stop at the first.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<serde_json::Error> for QueueError {

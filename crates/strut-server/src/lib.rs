@@ -34,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::{Admission, Permit};
 pub use axum::http::HeaderMap;
-pub use control::{ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP, SharedState};
+pub use control::{
+    ApiKeys, ControlError, ControlSettings, LogEntry, STARTUP, SharedError, SharedState,
+};
 pub use deployment::{DEPLOYMENT_HEADER, Deployment, DeploymentSpec, InFlight, LoadState};
 pub use error::{ApiError, INTERNAL_MODEL_MESSAGE};
 pub use queue::{AsyncSettings, WebhookCa, WebhookCaError, install_crypto_provider};

@@ -108,6 +108,11 @@ async fn serve(args: ServeArgs, mut registry: Registry) -> anyhow::Result<()> {
         max_upload_bytes: settings.max_upload_bytes,
         registry,
     };
+    if let Some(url) = &settings.store_url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        bail!("--store-url must be a postgres:// URL (absent: the embedded SQLite store)");
+    }
     let (server, deployment) = match &settings.store_url {
         // Deployments and environments shared through the store too.
         Some(url) => {
@@ -198,9 +203,6 @@ async fn open_store(
             .with_context(|| format!("opening the async queue {}", queue_path.display()))?;
         return Ok(Arc::new(store));
     };
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        bail!("--store-url must be a postgres:// URL (absent: the embedded SQLite store)");
-    }
     let replica = settings.replica_id.clone().unwrap_or_else(default_replica);
     let store = PgStore::connect(PgSettings {
         url: url.clone(),

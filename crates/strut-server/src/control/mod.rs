@@ -16,7 +16,7 @@ use strut_model::{InitContext, Registry};
 
 pub use auth::ApiKeys;
 pub use ops::Precondition;
-pub use shared::SharedState;
+pub use shared::{SharedError, SharedState};
 pub use store::{DeploymentRecord, LogEntry};
 pub(crate) use sync::{follow, pull_into};
 

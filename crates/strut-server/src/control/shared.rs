@@ -52,6 +52,11 @@ async fn announce(client: &Client) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Why the shared state could not be reached, as the operator reads it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SharedError(String);
+
 /// The connection to the shared state.
 pub struct SharedState {
     pool: Pool,
@@ -86,19 +91,37 @@ fn storage(err: impl std::fmt::Display) -> ApiError {
 fn db(err: tokio_postgres::Error) -> ApiError {
     match err.as_db_error() {
         Some(e) => storage(e.message()),
-        None => storage(err),
+        None => storage(strut_queue::describe(&err)),
     }
+}
+
+fn queue_error(err: strut_queue::QueueError) -> ApiError {
+    match err {
+        strut_queue::QueueError::Storage(message) => storage(message),
+        other => storage(other),
+    }
+}
+
+fn pool_error(err: deadpool_postgres::PoolError) -> ApiError {
+    storage(strut_queue::describe(&err))
 }
 
 impl SharedState {
     /// Connects, migrates (under the same advisory lock as the queue's
     /// migrations) and starts listening for other replicas' changes.
-    pub async fn connect(url: &str) -> Result<Self, ApiError> {
-        let (config, pool) = strut_queue::pool(url, 4).map_err(storage)?;
-        let mut client = pool.get().await.map_err(storage)?;
+    pub async fn connect(url: &str) -> Result<Self, SharedError> {
+        Self::open(url).await.map_err(|e| match e {
+            ApiError::Storage(message) => SharedError(message),
+            other => SharedError(other.to_string()),
+        })
+    }
+
+    async fn open(url: &str) -> Result<Self, ApiError> {
+        let (config, pool) = strut_queue::pool(url, 4).map_err(queue_error)?;
+        let mut client = pool.get().await.map_err(pool_error)?;
         strut_queue::migrate(&mut client, "control", MIGRATIONS)
             .await
-            .map_err(storage)?;
+            .map_err(queue_error)?;
         drop(client);
         let (changes, _) = broadcast::channel(64);
         let listener = tokio::spawn(strut_queue::listen(config.clone(), &["strut_control"], {
@@ -155,7 +178,7 @@ impl SharedState {
     }
 
     pub(crate) async fn records(&self) -> Result<Vec<DeploymentRecord>, ApiError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client
             .query("SELECT record FROM strut_deployments ORDER BY id", &[])
             .await
@@ -166,7 +189,7 @@ impl SharedState {
     }
 
     pub(crate) async fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         let row = client
             .query_opt("SELECT bundle FROM strut_deployments WHERE id = $1", &[&id])
             .await
@@ -181,7 +204,7 @@ impl SharedState {
         bundle: &[u8],
     ) -> Result<(), ApiError> {
         let text = serde_json::to_string(record).map_err(storage)?;
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute(
                 "INSERT INTO strut_deployments (id, record, fingerprint, bundle) \
@@ -196,7 +219,7 @@ impl SharedState {
     pub(crate) async fn environments(
         &self,
     ) -> Result<BTreeMap<String, EnvironmentRecord>, ApiError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client
             .query("SELECT name, current, history FROM strut_environments", &[])
             .await
@@ -222,7 +245,7 @@ impl SharedState {
         env: &EnvironmentRecord,
     ) -> Result<(), ApiError> {
         let history = serde_json::to_string(&env.history).map_err(storage)?;
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute(
                 "INSERT INTO strut_environments (name, current, history) VALUES ($1, $2, $3) \
@@ -236,7 +259,7 @@ impl SharedState {
 
     pub(crate) async fn append_log(&self, entry: &LogEntry) -> Result<(), ApiError> {
         let text = serde_json::to_string(entry).map_err(storage)?;
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         client
             .execute("INSERT INTO strut_deploy_log (entry) VALUES ($1)", &[&text])
             .await
@@ -246,7 +269,7 @@ impl SharedState {
 
     /// The newest `limit` entries, oldest first.
     pub(crate) async fn read_log(&self, limit: usize) -> Result<Vec<LogEntry>, ApiError> {
-        let client = self.pool.get().await.map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
         let rows = client
             .query(
                 "SELECT entry FROM (SELECT seq, entry FROM strut_deploy_log ORDER BY seq DESC \
