@@ -3,6 +3,7 @@
 //! MiniLM models. The deterministic `Talker` test model stands in for a
 //! generator so bytes can be compared.
 
+mod best_of;
 mod errors;
 mod generation;
 mod limits;

@@ -225,9 +225,9 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             COMPLETIONS,
-            json!({"prompt": "hi", "best_of": 2}),
+            json!({"prompt": "hi", "best_of": 0}),
             400,
-            "unsupported_parameter",
+            "invalid_parameter",
             Some("best_of"),
         ),
         (

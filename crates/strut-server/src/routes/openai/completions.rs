@@ -7,10 +7,11 @@ use serde_json::Value;
 use strut_model::capabilities::{FinishReason, Prompt};
 
 use super::fields::{
-    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_one, is_zero, unsupported,
+    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_zero, unsupported,
 };
 use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
 use super::logprobs::{self, Placed};
+use super::params::MAX_N;
 use crate::ApiError;
 use crate::pipeline::Reply;
 
@@ -28,6 +29,17 @@ impl Endpoint for Completions {
 
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
         logprobs::take_completions(fields)
+    }
+
+    fn take_best_of(&self, fields: &mut Fields, n: u32) -> Result<Option<u32>, ApiError> {
+        match fields.take::<u32>("best_of", "a positive integer")? {
+            Some(best_of) if (n..=MAX_N).contains(&best_of) => Ok(Some(best_of)),
+            Some(best_of) => Err(invalid(
+                "best_of",
+                format!("`best_of` must be between `n` ({n}) and {MAX_N}, got {best_of}"),
+            )),
+            None => Ok(None),
+        }
     }
 
     fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event {
@@ -65,10 +77,6 @@ const OFF: &[Off] = &[
     Off {
         name: "logit_bias",
         is_off: is_empty,
-    },
-    Off {
-        name: "best_of",
-        is_off: is_one,
     },
     Off {
         name: "echo",
@@ -184,6 +192,10 @@ impl Endpoint for PromptAsChat {
     /// As completions take it: the body is a completions request.
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
         logprobs::take_completions(fields)
+    }
+
+    fn take_best_of(&self, fields: &mut Fields, n: u32) -> Result<Option<u32>, ApiError> {
+        Completions.take_best_of(fields, n)
     }
 
     fn opening(&self, meta: &Meta, index: u32) -> Option<Event> {

@@ -97,10 +97,6 @@ pub(super) fn is_false(value: &Value) -> bool {
     value == &Value::Bool(false)
 }
 
-pub(super) fn is_one(value: &Value) -> bool {
-    value.as_u64() == Some(1)
-}
-
 /// An empty list or map (`tools: []`, `logit_bias: {}`).
 pub(super) fn is_empty(value: &Value) -> bool {
     match value {

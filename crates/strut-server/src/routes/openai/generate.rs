@@ -33,6 +33,11 @@ pub(super) trait Endpoint: Sync {
     /// How many alternatives per token the request's `logprobs` fields ask
     /// for; `None` when it asks for no logprobs.
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError>;
+    /// `best_of` (completions only): candidates generated, of which the `n`
+    /// with the highest log probability per token are answered.
+    fn take_best_of(&self, _fields: &mut Fields, _n: u32) -> Result<Option<u32>, ApiError> {
+        Ok(None)
+    }
     /// What a stream sends for choice `index` before its first token.
     fn opening(&self, _meta: &Meta, _index: u32) -> Option<Event> {
         None
@@ -102,13 +107,26 @@ pub(super) async fn run(
         n,
     } = params::take(&mut fields)?;
     params.logprobs = endpoint.take_logprobs(&mut fields)?;
+    let best_of = endpoint.take_best_of(&mut fields, n)?.unwrap_or(n);
+    if stream && best_of > n {
+        return Err(super::fields::unsupported(
+            "best_of",
+            "`best_of` larger than `n` cannot be streamed: which candidates are best is known \
+             only once all have finished",
+        ));
+    }
     if params.constraint.is_some() && !generator.supports_constraints() {
         return Err(super::fields::unsupported(
             "response_format",
             "this model cannot constrain its output (no JSON schema, regex or grammar)",
         ));
     }
+    // What the client asked to see; ranking needs the log probabilities anyway.
     let logprobs = params.logprobs.is_some();
+    if best_of > n {
+        params.logprobs.get_or_insert(0);
+    }
+    let ranked = best_of > n;
     fields.finish(endpoint.names().ignored, endpoint.names().off)?;
     let name = served_name(
         requested,
@@ -133,7 +151,7 @@ pub(super) async fn run(
     // a model with a prefix cache (the built-in Llama) copies it instead of
     // computing the prompt again. Each gets its own seed.
     let mut candidates: Vec<Events> = vec![events];
-    for i in 1..n {
+    for i in 1..best_of {
         let mut params = params.clone();
         params.seed = seed.map(|s| s.wrapping_add(u64::from(i)));
         let request = GenerateRequest {
@@ -153,20 +171,49 @@ pub(super) async fn run(
     } else {
         let mut rest = candidates.into_iter();
         let head = rest.next().expect("one candidate at least");
-        let mut all = vec![FutureExt::boxed(collect(first, head, logprobs))];
+        let keep = logprobs || ranked;
+        let mut all = vec![FutureExt::boxed(collect(first, head, keep))];
         for events in rest {
             all.push(FutureExt::boxed(async move {
                 let mut events = events;
                 let first = events.next().await.unwrap_or_else(|| Err(unfinished()))?;
-                collect(first, events, logprobs).await
+                collect(first, events, keep).await
             }));
         }
         let done = futures::future::join_all(all).await;
         drop(slot.permit);
         call.observe_inference(slot.taken);
-        let answers = done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut answers = done.into_iter().collect::<Result<Vec<_>, _>>()?;
+        if ranked {
+            answers = best(answers, n as usize, logprobs);
+        }
         endpoint.response(&meta, answers)
     }
+}
+
+/// The `n` answers with the highest mean log probability per token, best
+/// first (OpenAI's `best_of`). Usage still counts every candidate generated,
+/// as OpenAI bills them; the dropped ones' tokens are added to the first.
+fn best(answers: Vec<Answer>, n: usize, show_logprobs: bool) -> Vec<Answer> {
+    let mean = |a: &Answer| {
+        let lps = a.logprobs.as_deref().unwrap_or_default();
+        lps.iter().map(|(_, lp)| f64::from(lp.logprob)).sum::<f64>() / lps.len().max(1) as f64
+    };
+    let mut scored: Vec<(f64, Answer)> = answers.into_iter().map(|a| (mean(&a), a)).collect();
+    // Stable: of equal scores, the earlier candidate (lower seed) wins.
+    scored.sort_by(|x, y| y.0.total_cmp(&x.0));
+    let dropped: u32 = scored[n..]
+        .iter()
+        .map(|(_, a)| a.usage.completion_tokens)
+        .sum();
+    let mut kept: Vec<Answer> = scored.into_iter().take(n).map(|(_, a)| a).collect();
+    kept[0].usage.completion_tokens += dropped;
+    if !show_logprobs {
+        for answer in &mut kept {
+            answer.logprobs = None;
+        }
+    }
+    kept
 }
 
 /// A stream's reply: the inference counted as its head goes out, its first

@@ -13,7 +13,7 @@ const MAX_STOP: usize = 4;
 
 /// Candidates per request: OpenAI's limit is 128; each takes a place in
 /// the model's batch, so strut keeps it to a batch's default size.
-const MAX_N: u32 = 16;
+pub(super) const MAX_N: u32 = 16;
 
 pub(super) struct Options {
     pub model: Option<String>,
