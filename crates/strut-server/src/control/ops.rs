@@ -136,7 +136,7 @@ impl Control {
         };
         let switched = match switched {
             Ok(previous) => self
-                .publish_environment(state, env)
+                .swap_environment(state, env, expected.as_deref())
                 .await
                 .map(|()| previous),
             Err(err) => Err(err),
@@ -319,7 +319,10 @@ impl Control {
             (Ok(Some(_shared)), Ok(lock)) => match lock.try_lock_owned() {
                 Err(_) => Err(ApiError::PromotionInProgress(env.to_owned())),
                 Ok(_guard) => match work().await {
-                    Ok(done) => self.publish_environment(state, env).await.map(|()| done),
+                    Ok(done) => self
+                        .swap_environment(state, env, from.as_deref())
+                        .await
+                        .map(|()| done),
                     Err(err) => Err(err),
                 },
             },

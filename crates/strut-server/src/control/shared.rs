@@ -257,6 +257,40 @@ impl SharedState {
         announce(&client).await
     }
 
+    /// Writes environment `name` if its pointer is still `expected` (or it
+    /// does not exist yet); else returns `Some` of what it points at now.
+    pub(crate) async fn swap_environment(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+        env: &EnvironmentRecord,
+    ) -> Result<Option<Option<String>>, ApiError> {
+        let history = serde_json::to_string(&env.history).map_err(storage)?;
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let written = client
+            .execute(
+                "INSERT INTO strut_environments (name, current, history) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET current = $2, history = $3 \
+                 WHERE strut_environments.current IS NOT DISTINCT FROM $4",
+                &[&name, &env.current, &history, &expected],
+            )
+            .await
+            .map_err(db)?;
+        if written == 1 {
+            announce(&client).await?;
+            return Ok(None);
+        }
+        let current = client
+            .query_opt(
+                "SELECT current FROM strut_environments WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(db)?
+            .and_then(|r| r.get(0));
+        Ok(Some(current))
+    }
+
     pub(crate) async fn append_log(&self, entry: &LogEntry) -> Result<(), ApiError> {
         let text = serde_json::to_string(entry).map_err(storage)?;
         let client = self.pool.get().await.map_err(pool_error)?;
@@ -282,5 +316,77 @@ impl SharedState {
             .iter()
             .filter_map(|r| serde_json::from_str(r.get(0)).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh database on the machine's PostgreSQL (`STRUT_TEST_POSTGRES`).
+    async fn database() -> (String, String) {
+        let base = std::env::var("STRUT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("strut_shared_test_{}", std::process::id());
+        let (admin, connection) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .expect("this test needs PostgreSQL (STRUT_TEST_POSTGRES)");
+        tokio::spawn(connection);
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        (base, name)
+    }
+
+    #[tokio::test]
+    async fn an_environment_is_swapped_only_from_the_pointer_expected() {
+        let (base, name) = database().await;
+        let shared = SharedState::connect(&format!("{base}/{name}"))
+            .await
+            .unwrap();
+        let to = |id: &str| EnvironmentRecord {
+            current: Some(id.into()),
+            history: vec![],
+        };
+        assert_eq!(
+            shared
+                .swap_environment("production", None, &to("a"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            shared
+                .swap_environment("production", None, &to("b"))
+                .await
+                .unwrap(),
+            Some(Some("a".into())),
+            "a writer that expected an empty environment loses"
+        );
+        assert_eq!(
+            shared
+                .swap_environment("production", Some("a"), &to("c"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            shared.environments().await.unwrap()["production"]
+                .current
+                .as_deref(),
+            Some("c")
+        );
+        drop(shared);
+        let (admin, connection) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
     }
 }

@@ -156,6 +156,30 @@ impl Control {
             .await
     }
 
+    /// Shares environment `name` as this replica has it now, if the shared
+    /// one still points where it did when the operation began (`expected`):
+    /// a compare-and-swap, behind the environment's database lock. A lost
+    /// swap is a stale push (naming what is current now); this replica
+    /// follows the shared state back at its next reconcile.
+    pub(crate) async fn swap_environment(
+        &self,
+        state: &AppState,
+        name: &str,
+        expected: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let view = state.environment_view(name)?;
+        match shared
+            .swap_environment(name, expected, &environment_record(&view))
+            .await?
+        {
+            None => Ok(()),
+            Some(current) => Err(ApiError::StalePush { current }),
+        }
+    }
+
     /// Serialises an operation on `env` across replicas (`None` when another
     /// holds it past `wait_until`), and brings the environment here up to
     /// the shared state first, so the operation starts from what is current.
