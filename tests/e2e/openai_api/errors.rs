@@ -232,7 +232,7 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             COMPLETIONS,
-            json!({"prompt": "hi", "echo": true}),
+            json!({"prompt": "hi", "echo": true, "logprobs": 1}),
             400,
             "unsupported_parameter",
             Some("echo"),

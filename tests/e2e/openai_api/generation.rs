@@ -168,6 +168,35 @@ async fn chat_stream_without_usage_and_with_held_back_text() {
     );
 }
 
+/// `echo`: the prompt, then the completion; streamed, the prompt is each
+/// choice's first chunk.
+#[tokio::test]
+async fn completions_echo_the_prompt_before_the_completion() {
+    let served = serve("Talker").await;
+    let body = json!({"prompt": "Say hello", "max_tokens": 2, "echo": true});
+    let doc = post(&served.router, "/v1/completions", &body).await.json();
+    assert_eq!(doc["choices"][0]["text"], "Say helloHello,", "{doc}");
+    assert_eq!(
+        doc["usage"]["completion_tokens"], 2,
+        "the echo is not generated"
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let text = post(&served.router, "/v1/completions", &streamed)
+        .await
+        .text;
+    let chunks: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(chunks, ["Say hello", "Hello", ",", ""], "{text}");
+}
+
 #[tokio::test]
 async fn completions_answer_text_and_stream_text_completion_chunks() {
     let served = serve("Talker").await;

@@ -1,14 +1,14 @@
 //! `POST /v1/completions`: one text prompt in, OpenAI's `text_completion`
 //! documents and chunks out.
 
+use std::borrow::Cow;
+
 use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{FinishReason, Prompt};
 
-use super::fields::{
-    Fields, Off, invalid, is_empty, is_empty_string, is_false, is_zero, unsupported,
-};
+use super::fields::{Fields, Off, invalid, is_empty, is_empty_string, is_zero, unsupported};
 use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
 use super::logprobs::{self, Placed};
 use super::params::MAX_N;
@@ -31,6 +31,31 @@ impl Endpoint for Completions {
         logprobs::take_completions(fields)
     }
 
+    fn take_echo(
+        &self,
+        fields: &mut Fields,
+        prompt: &Prompt,
+        logprobs: bool,
+    ) -> Result<Option<String>, ApiError> {
+        if !fields
+            .take::<bool>("echo", "true or false")?
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        if logprobs {
+            return Err(unsupported(
+                "echo",
+                "`echo` with `logprobs` needs the prompt's own log probabilities, which this \
+                 server does not compute; ask for one or the other",
+            ));
+        }
+        match prompt {
+            Prompt::Text(text) => Ok(Some(text.clone())),
+            _ => Err(unsupported("echo", "only a text prompt can be echoed")),
+        }
+    }
+
     fn take_best_of(&self, fields: &mut Fields, n: u32) -> Result<Option<u32>, ApiError> {
         match fields.take::<u32>("best_of", "a positive integer")? {
             Some(best_of) if (n..=MAX_N).contains(&best_of) => Ok(Some(best_of)),
@@ -40,6 +65,12 @@ impl Endpoint for Completions {
             )),
             None => Ok(None),
         }
+    }
+
+    /// An echoed prompt is each choice's first chunk, as in vLLM.
+    fn opening(&self, meta: &Meta, index: u32) -> Option<Event> {
+        let prompt = meta.echo.as_deref()?;
+        Some(text_chunk(meta, index, prompt, None, None))
     }
 
     fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event {
@@ -77,10 +108,6 @@ const OFF: &[Off] = &[
     Off {
         name: "logit_bias",
         is_off: is_empty,
-    },
-    Off {
-        name: "echo",
-        is_off: is_false,
     },
     Off {
         name: "suffix",
@@ -128,7 +155,7 @@ struct Completion<'a> {
 #[derive(Serialize)]
 struct Choice<'a> {
     index: u32,
-    text: &'a str,
+    text: Cow<'a, str>,
     logprobs: Option<Value>,
     finish_reason: Option<FinishReason>,
 }
@@ -144,7 +171,10 @@ fn response<'a>(meta: &'a Meta, answers: &'a [Answer]) -> impl Serialize + 'a {
             .enumerate()
             .map(|(index, answer)| Choice {
                 index: index as u32,
-                text: &answer.text,
+                text: match &meta.echo {
+                    Some(prompt) => Cow::Owned(format!("{prompt}{}", answer.text)),
+                    None => Cow::Borrowed(&answer.text),
+                },
                 logprobs: answer.logprobs.as_ref().map(logprobs::completions),
                 finish_reason: Some(answer.reason),
             })
@@ -162,7 +192,7 @@ fn text_chunk(
 ) -> Event {
     let choice = Choice {
         index,
-        text,
+        text: Cow::Borrowed(text),
         logprobs,
         finish_reason,
     };
@@ -192,6 +222,22 @@ impl Endpoint for PromptAsChat {
     /// As completions take it: the body is a completions request.
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError> {
         logprobs::take_completions(fields)
+    }
+
+    /// A chat-shaped answer has no place for the prompt.
+    fn take_echo(
+        &self,
+        fields: &mut Fields,
+        _prompt: &Prompt,
+        _logprobs: bool,
+    ) -> Result<Option<String>, ApiError> {
+        match fields.take::<bool>("echo", "true or false")? {
+            Some(true) => Err(unsupported(
+                "echo",
+                "this route answers in chat's shape, which has no place for the prompt",
+            )),
+            _ => Ok(None),
+        }
     }
 
     fn take_best_of(&self, fields: &mut Fields, n: u32) -> Result<Option<u32>, ApiError> {

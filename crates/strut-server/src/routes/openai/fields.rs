@@ -93,10 +93,6 @@ pub(super) fn is_zero(value: &Value) -> bool {
     value.as_f64() == Some(0.0)
 }
 
-pub(super) fn is_false(value: &Value) -> bool {
-    value == &Value::Bool(false)
-}
-
 /// An empty list or map (`tools: []`, `logit_bias: {}`).
 pub(super) fn is_empty(value: &Value) -> bool {
     match value {

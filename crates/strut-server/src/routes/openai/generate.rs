@@ -33,6 +33,15 @@ pub(super) trait Endpoint: Sync {
     /// How many alternatives per token the request's `logprobs` fields ask
     /// for; `None` when it asks for no logprobs.
     fn take_logprobs(&self, fields: &mut Fields) -> Result<Option<u32>, ApiError>;
+    /// `echo` (completions only): the prompt text each choice begins with.
+    fn take_echo(
+        &self,
+        _fields: &mut Fields,
+        _prompt: &Prompt,
+        _logprobs: bool,
+    ) -> Result<Option<String>, ApiError> {
+        Ok(None)
+    }
     /// `best_of` (completions only): candidates generated, of which the `n`
     /// with the highest log probability per token are answered.
     fn take_best_of(&self, _fields: &mut Fields, _n: u32) -> Result<Option<u32>, ApiError> {
@@ -107,6 +116,7 @@ pub(super) async fn run(
         n,
     } = params::take(&mut fields)?;
     params.logprobs = endpoint.take_logprobs(&mut fields)?;
+    let echo = endpoint.take_echo(&mut fields, &prompt, params.logprobs.is_some())?;
     let best_of = endpoint.take_best_of(&mut fields, n)?.unwrap_or(n);
     if stream && best_of > n {
         return Err(super::fields::unsupported(
@@ -163,7 +173,8 @@ pub(super) async fn run(
         let gap = call.deployment.spec().stream_read_timeout;
         candidates.push(stop_on_stall(catch_model_stream(events), gap).boxed());
     }
-    let meta = Meta::new(endpoint, name, include_usage, logprobs);
+    let mut meta = Meta::new(endpoint, name, include_usage, logprobs);
+    meta.echo = echo;
     if stream {
         let taken = slot.taken;
         let events = sse::generation(meta, first, candidates, slot.permit);
@@ -368,6 +379,8 @@ pub(super) struct Meta {
     pub include_usage: bool,
     /// The request asked for logprobs.
     pub logprobs: bool,
+    /// The prompt, when the request asked for it to be echoed.
+    pub echo: Option<String>,
 }
 
 impl Meta {
@@ -388,6 +401,7 @@ impl Meta {
             model,
             include_usage,
             logprobs,
+            echo: None,
         }
     }
 
