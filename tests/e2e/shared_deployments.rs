@@ -117,8 +117,13 @@ async fn promote_and_rollback_through_one_replica_reach_the_others_under_load() 
     let (status, body) = a.promote("production", &second).await;
     assert_eq!(status, 200, "{body}");
     let promoted = Instant::now();
+    assert_eq!(serving(&http, &r[0].url).await, second);
     let promote_b = until_serving(&http, &r[1].url, &second, promoted).await;
     let promote_c = until_serving(&http, &r[2].url, &second, promoted).await;
+    // a keeps to it while it hears of its own change.
+    while promoted.elapsed() < Duration::from_millis(300) {
+        assert_eq!(serving(&http, &r[0].url).await, second, "a flipped back");
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let (status, body) = a.rollback("production").await;

@@ -121,25 +121,25 @@ impl Control {
             return Ok((false, self.deployment_json(state, &deployment)));
         };
         let lock = state.operation_lock(env)?;
+        // The local lock is held until the shared state has the switch too,
+        // so this replica's own follower never sees the two disagree.
         let switched = match tokio::time::timeout_at(deadline, lock.lock_owned()).await {
-            Ok(_guard) => {
-                switch(
-                    state,
-                    env,
-                    &deployment,
-                    Rule::Replace(expected.as_deref()),
-                    deadline,
-                )
-                .await
-            }
+            Ok(_guard) => match switch(
+                state,
+                env,
+                &deployment,
+                Rule::Replace(expected.as_deref()),
+                deadline,
+            )
+            .await
+            {
+                Ok(previous) => self
+                    .swap_environment(state, env, expected.as_deref())
+                    .await
+                    .map(|()| previous),
+                Err(err) => Err(err),
+            },
             Err(_) => Err(ApiError::PromotionInProgress(env.to_owned())),
-        };
-        let switched = match switched {
-            Ok(previous) => self
-                .swap_environment(state, env, expected.as_deref())
-                .await
-                .map(|()| previous),
-            Err(err) => Err(err),
         };
         match switched {
             Ok(previous) => {

@@ -217,6 +217,11 @@ impl Control {
                 }
                 let lock = state.operation_lock(&name)?;
                 let _guard = lock.lock().await;
+                // Read again under the lock: an operation of this replica's
+                // own may have changed both sides while this one waited.
+                let Some(wanted) = shared.environments().await?.remove(&name) else {
+                    continue;
+                };
                 if let Err(err) = self.sync_environment(state, &name, &wanted).await {
                     tracing::error!(environment = %name, "following a shared environment: {err}");
                 }
