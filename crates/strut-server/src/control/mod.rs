@@ -152,13 +152,8 @@ impl Control {
             error: entry.error.map(|e| e.to_string()),
         };
         tracing::info!(who = %entry.who, action = %entry.action, outcome = %entry.outcome, "deploy log");
-        if let Some(shared) = self.shared.clone() {
-            let entry = entry.clone();
-            tokio::spawn(async move {
-                if let Err(err) = shared.append_log(&entry).await {
-                    tracing::error!("could not append to the shared deploy log: {err}");
-                }
-            });
+        if let Some(shared) = &self.shared {
+            shared.log_later(entry.clone());
         }
         if let Err(err) = self.store.append_log(&entry) {
             tracing::error!("could not append to the deploy log: {err}");

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls};
@@ -52,6 +52,16 @@ async fn announce(client: &Client) -> Result<(), ApiError> {
     Ok(())
 }
 
+async fn append_log(pool: &Pool, entry: &LogEntry) -> Result<(), ApiError> {
+    let text = serde_json::to_string(entry).map_err(storage)?;
+    let client = pool.get().await.map_err(pool_error)?;
+    client
+        .execute("INSERT INTO strut_deploy_log (entry) VALUES ($1)", &[&text])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 /// Why the shared state could not be reached, as the operator reads it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -63,11 +73,15 @@ pub struct SharedState {
     config: tokio_postgres::Config,
     changes: broadcast::Sender<()>,
     listener: JoinHandle<()>,
+    /// Deploy-log entries, written in order by one task.
+    log: mpsc::UnboundedSender<LogEntry>,
+    log_writer: JoinHandle<()>,
 }
 
 impl Drop for SharedState {
     fn drop(&mut self) {
         self.listener.abort();
+        self.log_writer.abort();
     }
 }
 
@@ -130,12 +144,30 @@ impl SharedState {
                 let _ = changes.send(());
             }
         }));
+        let (log, mut entries) = mpsc::unbounded_channel::<LogEntry>();
+        let log_writer = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                while let Some(entry) = entries.recv().await {
+                    if let Err(err) = append_log(&pool, &entry).await {
+                        tracing::error!("could not append to the shared deploy log: {err}");
+                    }
+                }
+            }
+        });
         Ok(Self {
             pool,
             config,
             changes,
             listener,
+            log,
+            log_writer,
         })
+    }
+
+    /// Appends to the deploy log in the background, in the order given.
+    pub(crate) fn log_later(&self, entry: LogEntry) {
+        let _ = self.log.send(entry);
     }
 
     /// Fires when another replica (or this one) changed the shared state.
@@ -289,16 +321,6 @@ impl SharedState {
             .map_err(db)?
             .and_then(|r| r.get(0));
         Ok(Some(current))
-    }
-
-    pub(crate) async fn append_log(&self, entry: &LogEntry) -> Result<(), ApiError> {
-        let text = serde_json::to_string(entry).map_err(storage)?;
-        let client = self.pool.get().await.map_err(pool_error)?;
-        client
-            .execute("INSERT INTO strut_deploy_log (entry) VALUES ($1)", &[&text])
-            .await
-            .map_err(db)?;
-        Ok(())
     }
 
     /// The newest `limit` entries, oldest first.
