@@ -37,6 +37,9 @@ CREATE INDEX strut_async_queued_order ON strut_async_requests (priority, seq)
     WHERE status = 'QUEUED';
 CREATE INDEX strut_async_queued_targets ON strut_async_requests (target)
     WHERE status = 'QUEUED';
+-- Every replica expires what waited too long, twice a second.
+CREATE INDEX strut_async_queued_expiry ON strut_async_requests (expires_ms)
+    WHERE status = 'QUEUED';
 CREATE INDEX strut_async_running_deployments ON strut_async_requests (deployment_id)
     WHERE status = 'IN_PROGRESS';
 CREATE INDEX strut_async_running_leases ON strut_async_requests (lease_until_ms)
