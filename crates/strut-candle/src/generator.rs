@@ -54,6 +54,8 @@ struct Engine {
     /// Built on the first constrained request: most deployments never pay
     /// for the token trie.
     grammars: OnceLock<Result<Grammars, String>>,
+    /// The forward gives every prompt row's logits (the CPU one does).
+    all_rows: bool,
 }
 
 impl LlamaGenerator {
@@ -122,6 +124,7 @@ impl AsyncModel for LlamaGenerator {
             "continuous batching"
         );
         let waiting = Arc::new(Waiting::default());
+        let all_rows = loaded.weights.all_rows();
         let scheduler = Scheduler {
             weights: loaded.weights,
             device: placement.device.clone(),
@@ -152,6 +155,7 @@ impl AsyncModel for LlamaGenerator {
             waiting,
             eos: loaded.eos_ids.first().copied(),
             grammars: OnceLock::new(),
+            all_rows,
         }));
         Ok(())
     }
@@ -193,7 +197,7 @@ pub async fn collect(
     while let Some(event) = events.next().await {
         match event? {
             GenerationEvent::Token { text: piece, .. } => text.push_str(&piece),
-            GenerationEvent::Finished { reason, usage } => return Ok((text, reason, usage)),
+            GenerationEvent::Finished { reason, usage, .. } => return Ok((text, reason, usage)),
         }
     }
     Err(ModelError::internal(
@@ -244,6 +248,10 @@ impl TextGeneration for Engine {
 
     fn supports_constraints(&self) -> bool {
         true
+    }
+
+    fn supports_prompt_logprobs(&self) -> bool {
+        self.all_rows
     }
 
     fn tokenizer_files(&self) -> Option<TokenizerFiles> {

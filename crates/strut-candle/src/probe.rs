@@ -56,6 +56,7 @@ pub fn last_logits(ctx: &InitContext, input: ProbeInput) -> Result<Logits, Model
         state: &mut state,
         tokens: &tokens,
         logits: true,
+        all_rows: false,
     }];
     let logits = loaded
         .weights

@@ -162,7 +162,7 @@ async fn sharded_safetensors_llama_generates_like_a_cacheless_reference() {
     while let Some(event) = events.next().await {
         match event.unwrap() {
             GenerationEvent::Token { id, .. } => ids.push(id),
-            GenerationEvent::Finished { reason, usage } => finished = Some((reason, usage)),
+            GenerationEvent::Finished { reason, usage, .. } => finished = Some((reason, usage)),
         }
     }
     let (reason, usage) = finished.unwrap();

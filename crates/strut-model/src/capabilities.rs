@@ -54,6 +54,11 @@ pub struct SamplingParams {
     /// model that cannot enforce it says so in
     /// [`TextGeneration::supports_constraints`], and the server refuses it.
     pub constraint: Option<Constraint>,
+    /// Report the prompt's own tokens' log-probabilities too (each under
+    /// the tokens before it), with this many alternatives: OpenAI's `echo`
+    /// with `logprobs`. A model that cannot says so in
+    /// [`TextGeneration::supports_prompt_logprobs`].
+    pub prompt_logprobs: Option<u32>,
 }
 
 /// What structured output a request asks for.
@@ -100,6 +105,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             logprobs: None,
             constraint: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -147,7 +153,18 @@ pub enum GenerationEvent {
     Finished {
         reason: FinishReason,
         usage: Usage,
+        /// When [`SamplingParams::prompt_logprobs`] asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt_logprobs: Option<PromptLogprobs>,
     },
+}
+
+/// The prompt's tokens: the first (nothing precedes it, so it has no
+/// log-probability), then each of the others under the ones before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptLogprobs {
+    pub first: TokenText,
+    pub rest: Vec<TokenLogprob>,
 }
 
 /// A generated token's log-probability under the model's own distribution
@@ -189,6 +206,10 @@ pub trait TextGeneration: Send + Sync {
     /// Whether [`SamplingParams::constraint`] is enforced; a model that
     /// says no gets a 400 for constrained requests rather than free text.
     fn supports_constraints(&self) -> bool {
+        false
+    }
+    /// Whether [`SamplingParams::prompt_logprobs`] is honoured.
+    fn supports_prompt_logprobs(&self) -> bool {
         false
     }
     async fn generate(

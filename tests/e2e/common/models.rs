@@ -405,6 +405,7 @@ fn script(
             prompt_tokens,
             completion_tokens: n as u32,
         },
+        prompt_logprobs: None,
     });
     events
 }

@@ -1,5 +1,6 @@
-//! `best_of` on completions over SmolLM2: the `n` candidates with the
-//! highest log probability per token, out of `best_of` generated.
+//! Scoring on completions over SmolLM2: `best_of` (the `n` candidates with
+//! the highest log probability per token, out of `best_of` generated) and
+//! `echo` with `logprobs` (the prompt's own tokens scored).
 
 use serde_json::{Value, json};
 
@@ -63,4 +64,53 @@ async fn best_of_answers_the_most_likely_of_its_candidates() {
             reply.text
         );
     }
+}
+
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt_as_generation_scores_tokens() {
+    let (router, _d) = common::serve_model_dir("models/smollm2").await;
+    let prompt = "The capital of France is";
+    let body = json!({"model": "smollm2-135m-instruct", "prompt": prompt, "max_tokens": 1,
+                      "temperature": 0, "echo": true, "logprobs": 2});
+    let doc = post(&router, "/v1/completions", &body).await.json();
+    let choice = &doc["choices"][0];
+    let text = choice["text"].as_str().unwrap();
+    assert!(text.starts_with(prompt) && text.len() > prompt.len(), "{doc}");
+    let lp = &choice["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let prompt_tokens = doc["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(tokens.len(), prompt_tokens + 1, "prompt then completion: {lp}");
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    assert_eq!(offsets[prompt_tokens] as usize, prompt.chars().count());
+    for i in 1..tokens.len() {
+        let own = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(own <= 0.0, "{lp}");
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert!(top.len() <= 3, "two alternatives and the token itself: {top:?}");
+        let listed = top[tokens[i].as_str().unwrap()].as_f64().unwrap();
+        assert!((listed - own).abs() < 1e-6, "{top:?}");
+    }
+    // The generated token, scored again as the last token of a prompt that
+    // ends with it, gets the log-probability generation gave it.
+    let generated = lp["token_logprobs"][prompt_tokens].as_f64().unwrap();
+    let again = json!({"model": "smollm2-135m-instruct", "prompt": text, "max_tokens": 1,
+                       "temperature": 0, "echo": true, "logprobs": 0});
+    let again = post(&router, "/v1/completions", &again).await.json();
+    let scored = again["choices"][0]["logprobs"]["token_logprobs"][prompt_tokens]
+        .as_f64()
+        .unwrap();
+    assert!((scored - generated).abs() < 1e-4, "{scored} vs {generated}");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let reply = post(&router, "/v1/completions", &streamed).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json()["error"]["param"], "echo");
 }

@@ -134,6 +134,9 @@ pub struct Segment<'a> {
     /// that does not end the prompt needs none, and the vocabulary-wide
     /// output projection is the largest product of the pass).
     pub logits: bool,
+    /// Every row's logits instead, one after another (a prompt's own
+    /// log-probabilities need them).
+    pub all_rows: bool,
 }
 
 pub struct CpuLlama {
@@ -314,10 +317,12 @@ impl CpuLlama {
         let mut wanted = Vec::new();
         for seg in segments.iter_mut() {
             seg.cache.len += seg.tokens.len();
-            last += seg.tokens.len();
-            if seg.logits {
-                wanted.push(last - 1);
+            if seg.all_rows {
+                wanted.extend(last..last + seg.tokens.len());
+            } else if seg.logits {
+                wanted.push(last + seg.tokens.len() - 1);
             }
+            last += seg.tokens.len();
         }
         let n = wanted.len();
         s.h.resize(n * dim, 0.0);
@@ -332,9 +337,16 @@ impl CpuLlama {
         }
         let mut rows = s.logits.chunks_exact(vocab);
         for seg in segments.iter() {
-            logits.push(match seg.logits {
-                true => rows.next().map(<[f32]>::to_vec),
-                false => None,
+            logits.push(if seg.all_rows {
+                let mut all = Vec::with_capacity(seg.tokens.len() * vocab);
+                for row in rows.by_ref().take(seg.tokens.len()) {
+                    all.extend_from_slice(row);
+                }
+                Some(all)
+            } else if seg.logits {
+                rows.next().map(<[f32]>::to_vec)
+            } else {
+                None
             });
         }
         Ok(logits)
@@ -461,6 +473,7 @@ mod tests {
             cache,
             tokens,
             logits: true,
+            all_rows: false,
         }];
         model
             .forward(&mut segments)
@@ -499,6 +512,7 @@ mod tests {
             cache: &mut cache,
             tokens: &[50],
             logits: true,
+            all_rows: false,
         }];
         assert!(model.forward(&mut segments).is_err());
         assert_eq!(cache.len(), 5);
@@ -525,21 +539,25 @@ mod tests {
                 cache: a,
                 tokens: &prompts[0][3..],
                 logits: true,
+                all_rows: false,
             },
             Segment {
                 cache: b,
                 tokens: &prompts[1][1..],
                 logits: true,
+                all_rows: false,
             },
             Segment {
                 cache: d,
                 tokens: &[5, 6, 7],
                 logits: false,
+                all_rows: false,
             },
             Segment {
                 cache: c,
                 tokens: prompts[2],
                 logits: true,
+                all_rows: false,
             },
         ];
         let batched = model.forward(&mut segments).unwrap();

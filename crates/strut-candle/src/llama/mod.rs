@@ -102,6 +102,8 @@ pub struct Step<'a> {
     pub state: &'a mut SeqState,
     pub tokens: &'a [u32],
     pub logits: bool,
+    /// Every row's logits, one after another (prompt logprobs; CPU only).
+    pub all_rows: bool,
 }
 
 impl LlamaWeights {
@@ -114,6 +116,11 @@ impl LlamaWeights {
         SeqState { cache, len: 0 }
     }
 
+    /// Whether every row's logits can be had (the CPU forward).
+    pub fn all_rows(&self) -> bool {
+        matches!(self, LlamaWeights::Cpu(_))
+    }
+
     /// Bytes of KV memory per position, where the weights say.
     pub fn kv_bytes_per_token(&self) -> Option<usize> {
         match self {
@@ -124,7 +131,8 @@ impl LlamaWeights {
 
     /// One pass over several sequences: on the CPU a single batched
     /// forward; candle's GPU models take the sequences one after another.
-    /// Per step, the logits after its last token where asked for.
+    /// Per step, the logits after its last token where asked for, or every
+    /// row's (`all_rows`).
     pub fn forward(
         &mut self,
         steps: &mut [Step<'_>],
@@ -140,6 +148,7 @@ impl LlamaWeights {
                     cache,
                     tokens: step.tokens,
                     logits: step.logits,
+                    all_rows: step.all_rows,
                 });
             }
             let logits = model.forward(&mut segments)?;
@@ -151,6 +160,9 @@ impl LlamaWeights {
         }
         let mut out = Vec::with_capacity(steps.len());
         for step in steps.iter_mut() {
+            if step.all_rows {
+                candle_core::bail!("prompt log probabilities are computed on the CPU only");
+            }
             let input = Tensor::new(step.tokens, device)?.unsqueeze(0)?;
             let pos = step.state.len;
             let logits = match (&*self, &mut step.state.cache) {

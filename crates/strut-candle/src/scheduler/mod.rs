@@ -166,7 +166,9 @@ impl Scheduler {
             self.waiting.remove(job.prompt.len());
             batch.reserved += need;
             let mut state = self.weights.new_state();
-            if self.limits.prefix_cache {
+            // A prompt whose own logprobs are wanted is computed whole: a
+            // reused prefix would come without its rows' logits.
+            if self.limits.prefix_cache && job.request.params.prompt_logprobs.is_none() {
                 // At least the prompt's last token is computed: its logits
                 // give the first output token.
                 let reused = match batch.prefix.lookup(&job.prompt) {
@@ -218,6 +220,8 @@ impl Scheduler {
         let mut room = self.limits.step_tokens.saturating_sub(decoding).max(1);
         let (mut prefill_tokens, mut members) = (0, Vec::new());
         let mut steps = Vec::with_capacity(batch.running.len());
+        // Per member: where its rows start, and whether every row came back.
+        let mut fed = Vec::new();
         for (i, seq) in batch.running.iter_mut().enumerate() {
             let (from, unfed) = (seq.state.len(), seq.unfed());
             let take = if seq.prefilling() {
@@ -231,11 +235,14 @@ impl Scheduler {
             if take == 0 {
                 continue;
             }
+            let all_rows = seq.prefilling() && seq.wants_prompt_rows();
             members.push(i);
+            fed.push((from, take, take == unfed, all_rows));
             steps.push(Step {
                 state: &mut seq.state,
                 tokens: &seq.tokens[from..from + take],
                 logits: take == unfed,
+                all_rows,
             });
         }
         let result = self.weights.forward(&mut steps, &self.device);
@@ -254,6 +261,21 @@ impl Scheduler {
                 return;
             }
         };
+        let logits: Vec<Option<Vec<f32>>> = logits
+            .into_iter()
+            .zip(&members)
+            .zip(&fed)
+            .map(
+                |((logits, &i), &(from, take, last, all_rows))| match (logits, all_rows) {
+                    (Some(rows), true) => {
+                        let vocab = rows.len() / take;
+                        let row = batch.running[i].take_prompt_rows(from, rows, vocab);
+                        last.then_some(row)
+                    }
+                    (logits, _) => logits,
+                },
+            )
+            .collect();
         let mut finished: Vec<(usize, Option<FinishReason>)> = Vec::new();
         for (&i, logits) in members.iter().zip(logits) {
             let Some(logits) = logits else { continue };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use strut_model::capabilities::{
-    FinishReason, GenerateRequest, GenerationEvent, TokenLogprob, Usage,
+    FinishReason, GenerateRequest, GenerationEvent, PromptLogprobs, TokenLogprob, Usage,
 };
 use strut_model::{GenerationStats, ModelError, RequestContext, Telemetry};
 use tokenizers::Tokenizer;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::constraint::Constrained;
 use crate::llama::SeqState;
-use crate::logprobs::StepLogprobs;
+use crate::logprobs::{StepLogprobs, token_text};
 use crate::sampling::Sampler;
 use crate::text_stream::{Detokenizer, StopFilter};
 
@@ -71,13 +71,20 @@ pub struct Sequence<'t> {
     first_token: Option<Duration>,
     stop_sequence_hit: bool,
     constraint: Option<Constrained>,
+    /// The prompt's own logprobs as its rows come out of prefill, when asked.
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl<'t> Sequence<'t> {
     pub fn new(mut job: Job, state: SeqState, tokenizer: &'t Tokenizer) -> Self {
         let constraint = job.constraint.take();
         let params = &job.request.params;
+        let prompt_logprobs = params.prompt_logprobs.map(|_| PromptLogprobs {
+            first: token_text(tokenizer, job.prompt.first().copied().unwrap_or(0)),
+            rest: Vec::with_capacity(job.prompt.len().saturating_sub(1)),
+        });
         Self {
+            prompt_logprobs,
             constraint,
             sampler: Sampler::new(params),
             tokenizer,
@@ -102,6 +109,30 @@ impl<'t> Sequence<'t> {
 
     pub fn prefilling(&self) -> bool {
         self.state.len() < self.job.prompt.len()
+    }
+
+    /// Whether prefill must give every row's logits (the prompt's logprobs).
+    pub fn wants_prompt_rows(&self) -> bool {
+        self.prompt_logprobs.is_some()
+    }
+
+    /// The logits of prompt rows `from..from + rows.len() / vocab` (the
+    /// positions just fed): each scores the prompt token after it. Returns
+    /// the last row, the logits the first sampled token comes from.
+    pub fn take_prompt_rows(&mut self, from: usize, rows: Vec<f32>, vocab: usize) -> Vec<f32> {
+        let top = self.job.request.params.prompt_logprobs.unwrap_or(0) as usize;
+        let prompt = &self.job.prompt;
+        if let Some(report) = &mut self.prompt_logprobs {
+            for (i, row) in rows.chunks_exact(vocab).enumerate() {
+                if let Some(&next) = prompt.get(from + i + 1) {
+                    report
+                        .rest
+                        .push(StepLogprobs::new(row, top).report(next, self.tokenizer));
+                }
+            }
+        }
+        let last = rows.len().saturating_sub(vocab);
+        rows[last..].to_vec()
     }
 
     /// Takes the next token from `logits`; `Some` once the sequence ends.
@@ -205,7 +236,12 @@ impl<'t> Sequence<'t> {
             time_to_first_token: self.first_token.unwrap_or(total),
             total,
         });
-        self.send(GenerationEvent::Finished { reason, usage });
+        let prompt_logprobs = self.prompt_logprobs.take();
+        self.send(GenerationEvent::Finished {
+            reason,
+            usage,
+            prompt_logprobs,
+        });
         self.into_cached()
     }
 

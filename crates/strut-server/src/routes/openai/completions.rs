@@ -31,24 +31,12 @@ impl Endpoint for Completions {
         logprobs::take_completions(fields)
     }
 
-    fn take_echo(
-        &self,
-        fields: &mut Fields,
-        prompt: &Prompt,
-        logprobs: bool,
-    ) -> Result<Option<String>, ApiError> {
+    fn take_echo(&self, fields: &mut Fields, prompt: &Prompt) -> Result<Option<String>, ApiError> {
         if !fields
             .take::<bool>("echo", "true or false")?
             .unwrap_or(false)
         {
             return Ok(None);
-        }
-        if logprobs {
-            return Err(unsupported(
-                "echo",
-                "`echo` with `logprobs` needs the prompt's own log probabilities, which this \
-                 server does not compute; ask for one or the other",
-            ));
         }
         match prompt {
             Prompt::Text(text) => Ok(Some(text.clone())),
@@ -175,7 +163,16 @@ fn response<'a>(meta: &'a Meta, answers: &'a [Answer]) -> impl Serialize + 'a {
                     Some(prompt) => Cow::Owned(format!("{prompt}{}", answer.text)),
                     None => Cow::Borrowed(&answer.text),
                 },
-                logprobs: answer.logprobs.as_ref().map(logprobs::completions),
+                logprobs: match (&answer.logprobs, &answer.prompt, &meta.echo) {
+                    (Some(completion), Some(prompt_lps), Some(prompt)) => {
+                        Some(logprobs::completions_echoed(
+                            prompt_lps,
+                            prompt.chars().count(),
+                            completion,
+                        ))
+                    }
+                    (logprobs, _, _) => logprobs.as_ref().map(logprobs::completions),
+                },
                 finish_reason: Some(answer.reason),
             })
             .collect(),
@@ -225,12 +222,7 @@ impl Endpoint for PromptAsChat {
     }
 
     /// A chat-shaped answer has no place for the prompt.
-    fn take_echo(
-        &self,
-        fields: &mut Fields,
-        _prompt: &Prompt,
-        _logprobs: bool,
-    ) -> Result<Option<String>, ApiError> {
+    fn take_echo(&self, fields: &mut Fields, _prompt: &Prompt) -> Result<Option<String>, ApiError> {
         match fields.take::<bool>("echo", "true or false")? {
             Some(true) => Err(unsupported(
                 "echo",

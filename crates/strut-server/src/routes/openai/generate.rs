@@ -10,7 +10,8 @@ use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{
-    FinishReason, GenerateRequest, GenerationEvent, Prompt, SamplingParams, TextGeneration, Usage,
+    FinishReason, GenerateRequest, GenerationEvent, Prompt, PromptLogprobs, SamplingParams,
+    TextGeneration, Usage,
 };
 
 use super::fields::{Fields, Off};
@@ -38,7 +39,6 @@ pub(super) trait Endpoint: Sync {
         &self,
         _fields: &mut Fields,
         _prompt: &Prompt,
-        _logprobs: bool,
     ) -> Result<Option<String>, ApiError> {
         Ok(None)
     }
@@ -64,6 +64,8 @@ pub(super) trait Endpoint: Sync {
 pub(super) struct Answer {
     pub text: String,
     pub logprobs: Option<Vec<Placed>>,
+    /// The prompt's own logprobs, when `echo` asked for them.
+    pub prompt: Option<PromptLogprobs>,
     pub reason: FinishReason,
     pub usage: Usage,
 }
@@ -116,7 +118,24 @@ pub(super) async fn run(
         n,
     } = params::take(&mut fields)?;
     params.logprobs = endpoint.take_logprobs(&mut fields)?;
-    let echo = endpoint.take_echo(&mut fields, &prompt, params.logprobs.is_some())?;
+    let echo = endpoint.take_echo(&mut fields, &prompt)?;
+    if echo.is_some() && params.logprobs.is_some() {
+        // The prompt's own tokens are scored too: OpenAI's scoring idiom.
+        if !generator.supports_prompt_logprobs() {
+            return Err(super::fields::unsupported(
+                "echo",
+                "`echo` with `logprobs` needs the prompt's own log probabilities, which this \
+                 model does not compute",
+            ));
+        }
+        if stream {
+            return Err(super::fields::unsupported(
+                "echo",
+                "`echo` with `logprobs` is answered whole, not streamed",
+            ));
+        }
+        params.prompt_logprobs = params.logprobs;
+    }
     let best_of = endpoint.take_best_of(&mut fields, n)?.unwrap_or(n);
     if stream && best_of > n {
         return Err(super::fields::unsupported(
@@ -349,10 +368,15 @@ pub(super) async fn collect(
                 chars += piece.chars().count();
                 text.push_str(&piece);
             }
-            GenerationEvent::Finished { reason, usage } => {
+            GenerationEvent::Finished {
+                reason,
+                usage,
+                prompt_logprobs,
+            } => {
                 return Ok(Answer {
                     text,
                     logprobs,
+                    prompt: prompt_logprobs,
                     reason,
                     usage,
                 });

@@ -3,7 +3,7 @@
 //! 20 alternatives, the sampled token always included).
 
 use serde_json::{Map, Value, json};
-use strut_model::capabilities::{TokenLogprob, TokenText};
+use strut_model::capabilities::{PromptLogprobs, TokenLogprob, TokenText};
 
 use super::fields::{Fields, invalid};
 use crate::ApiError;
@@ -75,7 +75,42 @@ pub(super) fn chat<'a>(tokens: impl IntoIterator<Item = &'a TokenLogprob>) -> Va
 
 /// `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`.
 pub(super) fn completions<'a>(tokens: impl IntoIterator<Item = &'a Placed>) -> Value {
+    completions_after(None, tokens)
+}
+
+/// The same for an echoed prompt and its completion: the prompt's tokens
+/// first (its first token has no log-probability: `null`, as OpenAI writes
+/// it), at offsets of their own text, then the completion's, after the
+/// prompt's `prompt_chars`.
+pub(super) fn completions_echoed(
+    prompt: &PromptLogprobs,
+    prompt_chars: usize,
+    completion: &[Placed],
+) -> Value {
+    let mut at = prompt.first.text.chars().count();
+    let mut placed = Vec::with_capacity(prompt.rest.len() + completion.len());
+    for lp in &prompt.rest {
+        placed.push((at, lp.clone()));
+        at += lp.token.text.chars().count();
+    }
+    let shifted = completion
+        .iter()
+        .map(|(offset, lp)| (prompt_chars + offset, lp.clone()));
+    placed.extend(shifted);
+    completions_after(Some(&prompt.first.text), &placed)
+}
+
+fn completions_after<'a>(
+    first: Option<&str>,
+    tokens: impl IntoIterator<Item = &'a Placed>,
+) -> Value {
     let (mut texts, mut logprobs, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    if let Some(first) = first {
+        texts.push(json!(first));
+        logprobs.push(Value::Null);
+        tops.push(Value::Null);
+        offsets.push(json!(0));
+    }
     for (offset, lp) in tokens {
         texts.push(json!(lp.token.text));
         logprobs.push(json!(lp.logprob));

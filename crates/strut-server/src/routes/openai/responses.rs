@@ -439,7 +439,7 @@ fn framed(
                     out.push(st.event("response.output_text.delta", delta));
                 }
             }
-            Ok(GenerationEvent::Finished { reason, usage }) => {
+            Ok(GenerationEvent::Finished { reason, usage, .. }) => {
                 let text = std::mem::take(&mut st.text);
                 let mut done = ids.clone();
                 done["text"] = json!(text);

@@ -100,7 +100,7 @@ impl Framer {
                     self.chars[i] += text.chars().count();
                     out.push(endpoint.token(meta, index, &text, placed.as_ref()));
                 }
-                Ok(GenerationEvent::Finished { reason, usage }) => {
+                Ok(GenerationEvent::Finished { reason, usage, .. }) => {
                     out.push(endpoint.finish(meta, index, reason));
                     self.usage.prompt_tokens = usage.prompt_tokens;
                     self.usage.completion_tokens += usage.completion_tokens;
