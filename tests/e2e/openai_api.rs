@@ -3,11 +3,11 @@
 //! MiniLM models. The deterministic `Talker` test model stands in for a
 //! generator so bytes can be compared.
 
-mod best_of;
 mod errors;
 mod generation;
 mod limits;
 mod real_models;
+mod scoring;
 
 use std::sync::Arc;
 

@@ -75,11 +75,18 @@ async fn echo_with_logprobs_scores_the_prompt_as_generation_scores_tokens() {
     let doc = post(&router, "/v1/completions", &body).await.json();
     let choice = &doc["choices"][0];
     let text = choice["text"].as_str().unwrap();
-    assert!(text.starts_with(prompt) && text.len() > prompt.len(), "{doc}");
+    assert!(
+        text.starts_with(prompt) && text.len() > prompt.len(),
+        "{doc}"
+    );
     let lp = &choice["logprobs"];
     let tokens = lp["tokens"].as_array().unwrap();
     let prompt_tokens = doc["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
-    assert_eq!(tokens.len(), prompt_tokens + 1, "prompt then completion: {lp}");
+    assert_eq!(
+        tokens.len(),
+        prompt_tokens + 1,
+        "prompt then completion: {lp}"
+    );
     assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
     let offsets: Vec<u64> = lp["text_offset"]
         .as_array()
@@ -93,7 +100,10 @@ async fn echo_with_logprobs_scores_the_prompt_as_generation_scores_tokens() {
         let own = lp["token_logprobs"][i].as_f64().unwrap();
         assert!(own <= 0.0, "{lp}");
         let top = lp["top_logprobs"][i].as_object().unwrap();
-        assert!(top.len() <= 3, "two alternatives and the token itself: {top:?}");
+        assert!(
+            top.len() <= 3,
+            "two alternatives and the token itself: {top:?}"
+        );
         let listed = top[tokens[i].as_str().unwrap()].as_f64().unwrap();
         assert!((listed - own).abs() < 1e-6, "{top:?}");
     }
