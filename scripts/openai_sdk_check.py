@@ -2,7 +2,8 @@
 """Drives a running strut with the official `openai` Python SDK and checks
 what comes back: chat, streaming chat with the usage chunk, completions,
 logprobs, structured outputs (JSON schema, judged by the jsonschema
-package), the Responses API, n choices, embeddings (float and the SDK's default base64) and errors.
+package), the Responses API, n choices, best_of, echo with prompt
+logprobs, embeddings (float and the SDK's default base64) and errors.
 
     strut serve models/smollm2 &
     strut serve models/minilm --port 8081 &
@@ -257,6 +258,26 @@ def check_choices(client, model):
     return f"{len(texts)} choices"
 
 
+def check_scoring(client, model):
+    """best_of picks among candidates; echo with logprobs scores the prompt."""
+    prompt = "The capital of France is"
+    best = client.completions.create(
+        model=model, prompt=prompt, max_tokens=8, temperature=1.0, seed=3, best_of=3, n=1
+    )
+    expect(len(best.choices) == 1 and best.choices[0].text, f"best_of answered {best.choices}")
+    scored = client.completions.create(
+        model=model, prompt=prompt, max_tokens=1, temperature=0, echo=True, logprobs=1
+    )
+    choice = scored.choices[0]
+    lp = choice.logprobs
+    expect(choice.text.startswith(prompt), f"echo: {choice.text!r}")
+    expect(len(lp.tokens) == scored.usage.prompt_tokens + 1, f"{len(lp.tokens)} tokens")
+    expect(lp.token_logprobs[0] is None, "the first prompt token has no logprob")
+    expect(all(v <= 0 for v in lp.token_logprobs[1:]), f"logprobs {lp.token_logprobs}")
+    total = sum(lp.token_logprobs[1 : scored.usage.prompt_tokens])
+    return f"best_of 3 -> 1; prompt log-likelihood {total:.2f} over {scored.usage.prompt_tokens - 1} tokens"
+
+
 def check_errors(client, model):
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     try:
@@ -324,6 +345,7 @@ def main():
             ("structured outputs", lambda: check_structured(client, model)),
             ("responses", lambda: check_responses(client, model, greedy["text"])),
             ("n choices", lambda: check_choices(client, model)),
+            ("scoring", lambda: check_scoring(client, model)),
             ("errors", lambda: check_errors(client, model)),
         ]
     if args.embedding_model:
