@@ -120,13 +120,38 @@ pub enum Notice {
     Cancel(String),
 }
 
-/// Why a request whose runner died without attempts left failed.
-pub(crate) fn orphan_errors() -> [ErrorEntry; 1] {
-    [ErrorEntry::new(
-        "INTERNAL_SERVER_ERROR",
-        "the server stopped while the request ran, and its inference_retry_config allows no \
-         further attempt",
-    )]
+/// The errors the stores record by themselves, as both store them (JSON).
+pub(crate) mod recorded {
+    use crate::ErrorEntry;
+
+    fn text(code: &str, message: &str) -> String {
+        serde_json::to_string(&[ErrorEntry::new(code, message)]).expect("plain strings serialize")
+    }
+
+    /// A request whose runner died without attempts left.
+    pub fn orphaned() -> String {
+        text(
+            "INTERNAL_SERVER_ERROR",
+            "the server stopped while the request ran, and its inference_retry_config allows no \
+             further attempt",
+        )
+    }
+
+    pub fn canceled() -> String {
+        text("CANCELED", "the request was canceled")
+    }
+
+    pub fn expired() -> String {
+        text(
+            "EXPIRED",
+            "the request waited in the queue longer than its max_time_in_queue_seconds",
+        )
+    }
+}
+
+/// A value as the stores keep JSON: text, keys in the order written.
+pub(crate) fn json_text(value: &impl serde::Serialize) -> Result<String, QueueError> {
+    Ok(serde_json::to_string(value)?)
 }
 
 /// What a cancel found.

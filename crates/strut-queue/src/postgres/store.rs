@@ -12,12 +12,8 @@ use super::{Pending, PgStore, Unfinished};
 use crate::record::{ErrorEntry, NewRequest, Outcome, Record, Status, WebhookStatus};
 use crate::{
     Cancel, Enqueued, Millis, Next, Notice, QueueCounts, QueueError, QueueStore, Recovered,
-    Renewal, WebhookAttempt, orphan_errors,
+    Renewal, WebhookAttempt, json_text, recorded,
 };
-
-fn json_text(value: &impl serde::Serialize) -> Result<String, QueueError> {
-    Ok(serde_json::to_string(value)?)
-}
 
 /// Writes one batch of enqueues and answers each caller after the commit.
 pub(super) async fn insert_batch(pool: &Pool, batch: Vec<Pending>, unfinished: &Unfinished) {
@@ -157,8 +153,8 @@ impl PgStore {
     /// this replica) that no process runs any more: canceled if a cancel was
     /// recorded, else queued again or failed by their retry config.
     async fn settle_orphans(&self, which: &str, now: Millis) -> Result<Recovered, QueueError> {
-        let errors = json_text(&orphan_errors())?;
-        let canceled = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let errors = recorded::orphaned();
+        let canceled = recorded::canceled();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let replica = self.replica.as_str();
@@ -382,7 +378,7 @@ impl QueueStore for PgStore {
     }
 
     async fn cancel(&self, id: &str, now: Millis) -> Result<Cancel, QueueError> {
-        let errors = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let errors = recorded::canceled();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let status: Option<String> = tx
@@ -425,10 +421,7 @@ impl QueueStore for PgStore {
     }
 
     async fn expire(&self, now: Millis) -> Result<usize, QueueError> {
-        let errors = json_text(&[ErrorEntry::new(
-            "EXPIRED",
-            "the request waited in the queue longer than its max_time_in_queue_seconds",
-        )])?;
+        let errors = recorded::expired();
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(

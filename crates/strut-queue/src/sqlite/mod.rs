@@ -237,9 +237,5 @@ fn write_loop(conn: Connection, ops: mpsc::Receiver<Op>) {
     }
 }
 
-fn json_text(value: &impl serde::Serialize) -> Result<String, QueueError> {
-    Ok(serde_json::to_string(value)?)
-}
-
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
+use super::SqliteStore;
 use super::row::{self, COLUMNS, get};
-use super::{SqliteStore, json_text};
 use crate::record::{ErrorEntry, NewRequest, Outcome, Record, Status, WebhookStatus};
 use crate::{
     Cancel, Enqueued, Millis, Next, QueueCounts, QueueError, QueueStore, Recovered, Renewal,
-    WebhookAttempt, orphan_errors,
+    WebhookAttempt, json_text, recorded,
 };
 
 #[async_trait]
@@ -143,8 +143,8 @@ impl QueueStore for SqliteStore {
     }
 
     async fn reclaim(&self, now: Millis) -> Result<Recovered, QueueError> {
-        let errors = json_text(&orphan_errors())?;
-        let canceled = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let errors = recorded::orphaned();
+        let canceled = recorded::canceled();
         let reclaimed = self
             .write(move |conn| settle_orphans(conn, "lease_until_ms < ?1", now, &errors, &canceled))
             .await?;
@@ -192,7 +192,7 @@ impl QueueStore for SqliteStore {
 
     async fn cancel(&self, id: &str, now: Millis) -> Result<Cancel, QueueError> {
         let id = id.to_owned();
-        let errors = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let errors = recorded::canceled();
         let cancel = self
             .write(move |conn| {
                 let status: Option<String> = conn
@@ -226,10 +226,7 @@ impl QueueStore for SqliteStore {
     }
 
     async fn expire(&self, now: Millis) -> Result<usize, QueueError> {
-        let errors = json_text(&[ErrorEntry::new(
-            "EXPIRED",
-            "the request waited in the queue longer than its max_time_in_queue_seconds",
-        )])?;
+        let errors = recorded::expired();
         let expired = self
             .write(move |conn| {
                 Ok(conn.execute(
@@ -249,8 +246,8 @@ impl QueueStore for SqliteStore {
     }
 
     async fn recover(&self, now: Millis) -> Result<Recovered, QueueError> {
-        let errors = json_text(&orphan_errors())?;
-        let canceled = json_text(&[ErrorEntry::new("CANCELED", "the request was canceled")])?;
+        let errors = recorded::orphaned();
+        let canceled = recorded::canceled();
         let recovered = self
             .write(move |conn| {
                 // One process owns the file: whatever ran was this one's.
