@@ -13,19 +13,13 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::common::client;
-use crate::common::postgres::TestDatabase;
+use crate::common::postgres::{self, TestDatabase};
 use crate::common::process::StrutProcess;
 use crate::common::webhooks::Receiver;
 
-fn replica(store: &str, name: &str, lease_ms: u64) -> StrutProcess {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/stream");
+fn replica(db: &TestDatabase, name: &str, lease_ms: u64) -> StrutProcess {
     let lease = lease_ms.to_string();
-    let args = [
-        model,
-        "--store-url",
-        store,
-        "--replica-id",
-        name,
+    let extra = [
         "--async-lease-ms",
         &lease,
         "--secrets-dir",
@@ -35,7 +29,7 @@ fn replica(store: &str, name: &str, lease_ms: u64) -> StrutProcess {
         "--webhook-retry-max-ms",
         "500",
     ];
-    StrutProcess::serve(&args, &[])
+    postgres::replica(db, "stream", name, &extra)
 }
 
 async fn status(http: &reqwest::Client, url: &str, id: &str) -> Value {
@@ -57,7 +51,7 @@ async fn three_replicas_share_the_queue_and_outlive_a_kill_9() {
     let mut replicas: Vec<Option<StrutProcess>> = tokio::task::block_in_place(|| {
         ["r0", "r1", "r2"]
             .iter()
-            .map(|name| Some(replica(&db.url, name, 1500)))
+            .map(|name| Some(replica(&db, name, 1500)))
             .collect()
     });
     let urls: Vec<String> = replicas
@@ -185,7 +179,7 @@ async fn a_cancel_through_one_replica_stops_the_request_on_another() {
     let replicas: Vec<StrutProcess> = tokio::task::block_in_place(|| {
         ["a", "b"]
             .iter()
-            .map(|name| replica(&db.url, name, 30_000))
+            .map(|name| replica(&db, name, 30_000))
             .collect()
     });
     let http = client();

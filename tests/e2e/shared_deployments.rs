@@ -9,24 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::client;
 use crate::common::deploy::{Admin, KEY_LINE, model_dir};
-use crate::common::postgres::TestDatabase;
+use crate::common::postgres::{self, TestDatabase};
 use crate::common::process::StrutProcess;
 
-fn replica(store: &str, name: &str, secrets: &std::path::Path) -> StrutProcess {
-    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/echo");
-    let args = [
-        model,
-        "--store-url",
-        store,
-        "--replica-id",
-        name,
-        "--secrets-dir",
-        secrets.to_str().unwrap(),
-        // Short drains keep the test quick; requests still finish where routed.
-        "--grace-period",
-        "5",
-    ];
-    StrutProcess::serve(&args, &[])
+fn replica(db: &TestDatabase, name: &str, secrets: &std::path::Path) -> StrutProcess {
+    let secrets = secrets.to_str().unwrap();
+    // Short drains keep the test quick; requests still finish where routed.
+    let extra = ["--secrets-dir", secrets, "--grace-period", "5"];
+    postgres::replica(db, "echo", name, &extra)
 }
 
 fn replicas(db: &TestDatabase, names: &[&str]) -> (tempfile::TempDir, Vec<StrutProcess>) {
@@ -35,7 +25,7 @@ fn replicas(db: &TestDatabase, names: &[&str]) -> (tempfile::TempDir, Vec<StrutP
     let started = tokio::task::block_in_place(|| {
         names
             .iter()
-            .map(|name| replica(&db.url, name, secrets.path()))
+            .map(|name| replica(db, name, secrets.path()))
             .collect()
     });
     (secrets, started)

@@ -69,3 +69,17 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// `strut serve models/<model>` as replica `name` of the store at `db`,
+/// with `extra` flags.
+pub fn replica(
+    db: &TestDatabase,
+    model: &str,
+    name: &str,
+    extra: &[&str],
+) -> super::process::StrutProcess {
+    let model = format!("{}/../../models/{model}", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec![model.as_str(), "--store-url", &db.url, "--replica-id", name];
+    args.extend_from_slice(extra);
+    super::process::StrutProcess::serve(&args, &[])
+}
