@@ -131,7 +131,7 @@ impl SharedState {
     }
 
     async fn open(url: &str) -> Result<Self, ApiError> {
-        let (config, pool) = strut_queue::pool(url, 4).map_err(queue_error)?;
+        let (config, pool) = strut_queue::pool(url, 2).map_err(queue_error)?;
         let mut client = pool.get().await.map_err(pool_error)?;
         strut_queue::migrate(&mut client, "control", MIGRATIONS)
             .await
