@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Two builds of strut, side by side: the echo model (Truss predict) and
-MiniLM embeddings (OpenAI /v1/embeddings, 32 texts a request), in interleaved
+"""Two builds of strut, side by side: the echo model (Truss predict),
+MiniLM embeddings (OpenAI /v1/embeddings, 32 texts a request) and SmolLM2
+completions (32 tokens, 4 requests at once), in interleaved
 rounds so both see the same machine, medians reported with their ratio.
 
     python3 benches/ab.py                    # HEAD~1 (base) vs the working tree
@@ -22,6 +23,10 @@ CASES = [
     ("echo c=1", "models/echo", "/predict", '{"x": 1}', 1),
     ("echo c=64", "models/echo", "/predict", '{"x": 1}', 64),
     ("embed b=32 c=4", "models/minilm", "/v1/embeddings", json.dumps({"input": TEXTS}), 4),
+    # The generation step (scheduler and CPU forward): 32 tokens, 4 at once.
+    ("generate 32 c=4", "models/smollm2", "/v1/completions",
+     json.dumps({"prompt": "Once upon a time", "max_tokens": 32, "ignore_eos": True,
+                 "temperature": 0}), 4),
 ]
 
 
