@@ -3,13 +3,17 @@
 what comes back: chat, streaming chat with the usage chunk, completions,
 logprobs, structured outputs (JSON schema, judged by the jsonschema
 package), the Responses API, n choices, best_of, echo with prompt
-logprobs, embeddings (float and the SDK's default base64) and errors.
+logprobs, embeddings (float and the SDK's default base64), tool calls
+and errors.
 
     strut serve models/smollm2 &
     strut serve models/minilm --port 8081 &
+    strut serve models/smollm2-tools --port 8082 &
     python scripts/openai_sdk_check.py --chat-model smollm2-135m-instruct
     python scripts/openai_sdk_check.py --base-url http://127.0.0.1:8081/v1 \\
         --embedding-model all-minilm-l6-v2
+    python scripts/openai_sdk_check.py --base-url http://127.0.0.1:8082/v1 \\
+        --tools-model smollm2-135m-tools
 
 Any Baseten-style base URL works too, e.g.
 http://127.0.0.1:8080/environments/production/sync/v1. Needs `pip install
@@ -294,6 +298,61 @@ def check_errors(client, model):
     return "400 for tools, 404 for an unknown model"
 
 
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "The weather forecast",
+                                      "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "description": "The local time",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+]
+
+
+def check_tools(client, model):
+    """A named function and `required` at temperature 1: every answer is a
+    call whose arguments validate against the function's schema; streamed,
+    the SDK assembles the call from its deltas; the call and its result go
+    back in the conversation."""
+    import json
+
+    import jsonschema
+
+    ask = [{"role": "user", "content": "What will the weather be in Paris this week?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for i, choice in enumerate([named] * 5 + ["required"] * 5):
+        reply = client.chat.completions.create(
+            model=model, messages=ask, tools=TOOLS, tool_choice=choice, parallel_tool_calls=False,
+            temperature=1.0, seed=i, max_tokens=120,
+        )
+        message = reply.choices[0].message
+        expect(reply.choices[0].finish_reason == "tool_calls", f"answer {i}: {reply.choices[0]}")
+        expect(len(message.tool_calls) == 1, f"answer {i}: {message.tool_calls}")
+        call = message.tool_calls[0].function
+        schema = WEATHER if call.name == "get_weather" else TOOLS[1]["function"]["parameters"]
+        expect(choice == "required" or call.name == "get_weather", f"named get_weather, got {call.name}")
+        jsonschema.validate(json.loads(call.arguments), schema)
+    stream = client.chat.completions.create(
+        model=model, messages=ask, tools=TOOLS, tool_choice=named, max_tokens=120, stream=True
+    )
+    deltas = [d for c in stream if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    expect(len(deltas) == 1 and deltas[0].function.name == "get_weather", f"streamed {deltas}")
+    jsonschema.validate(json.loads(deltas[0].function.arguments), WEATHER)
+    followed = client.chat.completions.create(
+        model=model, max_tokens=16, temperature=0, tools=TOOLS,
+        messages=ask + [message, {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "18 C"}],
+    )
+    expect(followed.choices[0].message.role == "assistant", f"{followed}")
+    return f"10/10 valid calls at temperature 1, e.g. {call.name}({call.arguments})"
+
+
 def as_f32(values):
     return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
 
@@ -320,13 +379,14 @@ def main():
     parser.add_argument("--api-key", default="unused", help="sent as a Bearer token")
     parser.add_argument("--chat-model", help="checks chat and completions against it")
     parser.add_argument("--embedding-model", help="checks embeddings against it")
+    parser.add_argument("--tools-model", help="checks tool calls against it (a template with tools)")
     args = parser.parse_args()
-    if not (args.chat_model or args.embedding_model):
-        parser.error("name --chat-model, --embedding-model or both")
+    if not (args.chat_model or args.embedding_model or args.tools_model):
+        parser.error("name --chat-model, --embedding-model, --tools-model or several")
 
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=0)
     print(f"openai {openai.__version__} against {args.base_url}")
-    names = [n for n in (args.chat_model, args.embedding_model) if n]
+    names = [n for n in (args.chat_model, args.embedding_model, args.tools_model) if n]
     checks = [("models", lambda: check_models(client, names))]
     if args.chat_model:
         model = args.chat_model
@@ -350,6 +410,8 @@ def main():
         ]
     if args.embedding_model:
         checks.append(("embeddings", lambda: check_embeddings(client, args.embedding_model)))
+    if args.tools_model:
+        checks.append(("tools", lambda: check_tools(client, args.tools_model)))
 
     failed = 0
     for name, check in checks:

@@ -8,6 +8,7 @@ mod generation;
 mod limits;
 mod real_models;
 mod scoring;
+mod tools;
 
 use std::sync::Arc;
 
@@ -17,12 +18,14 @@ use serde_json::{Value, json};
 use strut_model::Registry;
 use strut_server::{DEVELOPMENT, Deployment, PRODUCTION, Server};
 
+use crate::common::caller;
 use crate::common::models::{self, TalkProbe};
 use crate::common::{self, Probe, body_bytes, post_json, send};
 
 pub fn registry(probe: &Arc<TalkProbe>) -> Registry {
     let mut registry = models::registry(&Probe::new());
     models::register_talkers(&mut registry, probe);
+    caller::register(&mut registry, probe);
     registry
 }
 

@@ -2,8 +2,9 @@
 //! `tokenizer.chat_template` or tokenizer_config.json), as transformers does.
 
 use minijinja::{Environment, ErrorKind, context};
+use serde_json::{Value, json};
 use strut_model::ModelError;
-use strut_model::capabilities::ChatMessage;
+use strut_model::capabilities::{ChatMessage, Tool, ToolSyntax};
 
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -50,19 +51,35 @@ impl ChatTemplate {
         }
     }
 
-    /// The prompt text for `messages`, ending with the assistant's turn.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, ModelError> {
+    /// Another template with the same special tokens (config.yaml's
+    /// `chat_template` in place of the weights' own).
+    pub fn replaced(&self, source: &str) -> Result<Self, ModelError> {
+        Self::new(source, &self.bos_token, &self.eos_token)
+    }
+
+    /// How calls come out, when the template renders tools.
+    pub fn tool_syntax(&self) -> Option<ToolSyntax> {
+        ToolSyntax::of_template(&self.source)
+    }
+
+    /// The prompt text for `messages` (and the `tools` offered, in the shape
+    /// transformers passes them), ending with the assistant's turn.
+    pub fn render(&self, messages: &[ChatMessage], tools: &[Tool]) -> Result<String, ModelError> {
         let template = self
             .env
             .get_template("chat")
             .map_err(|e| ModelError::internal(e.to_string()))?;
-        let messages: Vec<_> = messages
-            .iter()
-            .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
-            .collect();
+        let messages: Vec<Value> = messages.iter().map(message).collect();
+        let tools: Option<Vec<Value>> = (!tools.is_empty()).then(|| {
+            tools
+                .iter()
+                .map(|tool| json!({"type": "function", "function": tool}))
+                .collect()
+        });
         template
             .render(context! {
-                messages => messages,
+                messages => minijinja::Value::from_serialize(&messages),
+                tools => tools.map(|t| minijinja::Value::from_serialize(&t)),
                 add_generation_prompt => true,
                 bos_token => self.bos_token.clone(),
                 eos_token => self.eos_token.clone(),
@@ -73,21 +90,43 @@ impl ChatTemplate {
     }
 }
 
+/// A message as templates read it: calls with their arguments as an object
+/// (templates write them with `tojson`), as vLLM passes them.
+fn message(m: &ChatMessage) -> Value {
+    let mut out = json!({"role": m.role, "content": m.content});
+    if !m.tool_calls.is_empty() {
+        out["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|call| {
+                let arguments = serde_json::from_str::<Value>(&call.arguments)
+                    .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+                json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": arguments},
+                })
+            })
+            .collect();
+    }
+    if let Some(id) = &m.tool_call_id {
+        out["tool_call_id"] = json!(id);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage::new(role, content)
     }
 
     #[test]
     fn renders_chatml_with_generation_prompt() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
-        let out = t.render(&[msg("user", "Hi")]).unwrap();
+        let out = t.render(&[msg("user", "Hi")], &[]).unwrap();
         assert_eq!(
             out,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -100,8 +139,52 @@ mod tests {
                    {{ raise_exception('bad role ' + m.role) }}{% endif %}\
                    {{ bos_token }}{{ m.content.strip() }}{% endfor %}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        assert_eq!(t.render(&[msg("user", "  x  ")]).unwrap(), "<s>x");
-        let err = t.render(&[msg("tool", "x")]).unwrap_err();
+        assert_eq!(t.render(&[msg("user", "  x  ")], &[]).unwrap(), "<s>x");
+        let err = t.render(&[msg("tool", "x")], &[]).unwrap_err();
         assert!(err.message().contains("bad role tool"), "{}", err.message());
+    }
+
+    #[test]
+    fn tools_calls_and_results_reach_a_template_that_renders_them() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/smollm2-tools/data/tool_chat_template.jinja"
+        );
+        let t =
+            ChatTemplate::new(&std::fs::read_to_string(path).unwrap(), "", "<|im_end|>").unwrap();
+        assert_eq!(t.tool_syntax(), Some(ToolSyntax::Hermes));
+        let tool = Tool {
+            name: "get_weather".into(),
+            description: Some("Weather now".into()),
+            parameters: Some(json!({"type": "object"})),
+        };
+        let mut call = msg("assistant", "");
+        call.tool_calls = vec![strut_model::capabilities::ToolCall {
+            id: "c1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Paris"}"#.into(),
+        }];
+        let mut result = msg("tool", "18 C");
+        result.tool_call_id = Some("c1".into());
+        let out = t
+            .render(&[msg("user", "Weather?"), call, result], &[tool])
+            .unwrap();
+        assert!(out.starts_with("<|im_start|>system\nYou may call"), "{out}");
+        assert!(out.contains(r#""name":"get_weather""#), "{out}");
+        assert!(
+            out.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><|im_end|>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>"),
+            "{out}"
+        );
+        assert!(out.ends_with("<|im_start|>assistant\n"), "{out}");
+        // Without tools, the same template is plain ChatML.
+        let plain = t.render(&[msg("user", "Hi")], &[]).unwrap();
+        assert_eq!(
+            plain,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 }

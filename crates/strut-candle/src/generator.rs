@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use strut_model::capabilities::{
     FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Prompt, TextGeneration,
-    TokenizerFiles, Usage,
+    TokenizerFiles, ToolSyntax, Usage,
 };
 use strut_model::{
     AsyncModel, Chunk, ErrorKind, InitContext, ModelError, Output, RequestContext, async_trait,
@@ -92,7 +92,10 @@ impl AsyncModel for LlamaGenerator {
         let wanted = gguf_file.map_or(Wanted::Safetensors, Wanted::Gguf);
         let resolved = sources.resolve(&wanted)?;
         let requantize = llama::Requantize::parse(self.params.requantize.as_deref())?;
-        let loaded = llama::load(&resolved, &placement.device, placement.dtype, requantize)?;
+        let mut loaded = llama::load(&resolved, &placement.device, placement.dtype, requantize)?;
+        if let Some(source) = self.params.chat_template(&self.ctx)? {
+            loaded.template = loaded.template.replaced(&source)?;
+        }
         let model_id = self
             .params
             .model_id
@@ -217,7 +220,7 @@ impl Engine {
         // A rendered chat already carries the template's own special tokens.
         let (text, add_special) = match prompt {
             Prompt::Text(text) => (text.clone(), true),
-            Prompt::Chat(messages) => (self.template.render(messages)?, false),
+            Prompt::Chat { messages, tools } => (self.template.render(messages, tools)?, false),
         };
         if let Prompt::Text(t) = prompt
             && t.trim().is_empty()
@@ -252,6 +255,10 @@ impl TextGeneration for Engine {
 
     fn supports_prompt_logprobs(&self) -> bool {
         self.all_rows
+    }
+
+    fn tool_syntax(&self) -> Option<ToolSyntax> {
+        self.template.tool_syntax()
     }
 
     fn tokenizer_files(&self) -> Option<TokenizerFiles> {

@@ -92,7 +92,7 @@ pub fn generate_request(input: &Value) -> Result<(GenerateRequest, bool), ModelE
         }
         (Some(Value::String(p)), None) => Prompt::Text(p.clone()),
         (Some(other), None) => return Err(wrong("prompt", "a string", other)),
-        (None, Some(Value::Array(items))) => Prompt::Chat(messages(items)?),
+        (None, Some(Value::Array(items))) => Prompt::chat(messages(items)?),
         (None, Some(other)) => {
             return Err(wrong(
                 "messages",
@@ -190,10 +190,7 @@ fn messages(items: &[Value]) -> Result<Vec<ChatMessage>, ModelError> {
                     "messages[{i}] has no `{name}`"
                 ))),
             };
-            Ok(ChatMessage {
-                role: field("role")?,
-                content: field("content")?,
-            })
+            Ok(ChatMessage::new(field("role")?, field("content")?))
         })
         .collect()
 }
@@ -249,7 +246,7 @@ mod tests {
         let (req, stream) =
             generate_request(&json!({"messages": [{"role": "user", "content": "x"}]})).unwrap();
         assert!(!stream);
-        assert!(matches!(req.prompt, Prompt::Chat(m) if m[0].content == "x"));
+        assert!(matches!(req.prompt, Prompt::Chat { messages: m, .. } if m[0].content == "x"));
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //!                                    #   together (default: a quarter of available memory)
 //!     max_step_tokens: 256           # tokens per forward pass: one per decoding sequence, the rest prompt chunks
 //!     prefix_cache: true             # reuse the KV of shared prompt prefixes
+//!     chat_template: tools.jinja     # a Jinja file in the model's data/ folder (or an absolute
+//!                                    #   path) in place of the weights' own template, as vLLM's
+//!                                    #   --chat-template
 //! ```
 //!
 //! Weights are looked up in the model's `data/` folder first, then in
@@ -54,6 +57,7 @@ pub struct CandleParams {
     pub kv_cache_tokens: Option<usize>,
     pub max_step_tokens: Option<usize>,
     pub prefix_cache: Option<bool>,
+    pub chat_template: Option<String>,
 }
 
 impl CandleParams {
@@ -66,6 +70,21 @@ impl CandleParams {
                 ))
             }),
         }
+    }
+
+    /// The text of `chat_template`, a path relative to the data folder:
+    /// what a deployment's bundle carries besides config.yaml.
+    pub fn chat_template(&self, ctx: &InitContext) -> Result<Option<String>, ModelError> {
+        let Some(raw) = self.chat_template.as_deref() else {
+            return Ok(None);
+        };
+        let path = ctx.data_dir.join(expand(raw)?);
+        std::fs::read_to_string(&path).map(Some).map_err(|err| {
+            ModelError::internal(format!(
+                "`model_metadata.candle.chat_template`: cannot read {}: {err}",
+                path.display()
+            ))
+        })
     }
 
     /// `weights` with environment variables and `~` expanded.

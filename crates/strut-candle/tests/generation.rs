@@ -143,22 +143,18 @@ async fn chat_messages_use_the_gguf_chat_template() {
     let model = smollm(json!({}));
     let generation = model.text_generation().unwrap();
     let messages = json!([{"role": "user", "content": "What is the capital of France?"}]);
-    let chat = Prompt::Chat(serde_json::from_value(messages.clone()).unwrap());
+    let chat = Prompt::chat(serde_json::from_value(messages.clone()).unwrap());
     // SmolLM2's template adds its default system prompt when none is given.
     let raw = generation
         .count_prompt_tokens(&Prompt::Text(chatml("What is the capital of France?")))
         .unwrap();
     let with_system = generation
-        .count_prompt_tokens(&Prompt::Chat(vec![
-            strut_model::capabilities::ChatMessage {
-                role: "system".into(),
-                content: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-                    .into(),
-            },
-            strut_model::capabilities::ChatMessage {
-                role: "user".into(),
-                content: "What is the capital of France?".into(),
-            },
+        .count_prompt_tokens(&Prompt::chat(vec![
+            strut_model::capabilities::ChatMessage::new(
+                "system",
+                "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+            ),
+            strut_model::capabilities::ChatMessage::new("user", "What is the capital of France?"),
         ]))
         .unwrap();
     assert_eq!(generation.count_prompt_tokens(&chat).unwrap(), with_system);

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
+pub use crate::tools::{ParsedCall, Piece, Splitter, Tool, ToolCall, ToolSyntax};
 use crate::{ModelError, Output, RequestContext};
 
 /// What to generate from: raw text, or chat messages that the model renders
@@ -16,13 +17,45 @@ use crate::{ModelError, Output, RequestContext};
 #[serde(rename_all = "snake_case")]
 pub enum Prompt {
     Text(String),
-    Chat(Vec<ChatMessage>),
+    Chat {
+        messages: Vec<ChatMessage>,
+        /// Functions the model may call, rendered by its chat template; only
+        /// sent to a model with a [`TextGeneration::tool_syntax`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tools: Vec<Tool>,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl Prompt {
+    /// A chat without tools.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Prompt::Chat {
+            messages,
+            tools: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// The calls an assistant message made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 /// Sampling parameters, with OpenAI's meaning for each field.
@@ -211,6 +244,11 @@ pub trait TextGeneration: Send + Sync {
     /// Whether [`SamplingParams::prompt_logprobs`] is honoured.
     fn supports_prompt_logprobs(&self) -> bool {
         false
+    }
+    /// The syntax this model writes tool calls in, when its chat template
+    /// renders tools; `None` refuses requests that offer tools.
+    fn tool_syntax(&self) -> Option<ToolSyntax> {
+        None
     }
     async fn generate(
         &self,

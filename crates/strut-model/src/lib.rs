@@ -19,6 +19,7 @@ mod model;
 mod output;
 mod registry;
 mod telemetry;
+mod tools;
 
 pub use context::{LogLevel, LogSink, RequestContext, RequestLogger, RequestMeta};
 pub use error::{ErrorKind, ModelError};

@@ -1,6 +1,7 @@
 //! Shared test harness: servers over the library (in-process or on a real
 //! socket on port 0) and over the `strut` binary.
 
+pub mod caller;
 pub mod deploy;
 pub mod models;
 pub mod postgres;

@@ -284,7 +284,7 @@ fn words(prompt: &strut_model::capabilities::Prompt) -> usize {
     use strut_model::capabilities::Prompt;
     match prompt {
         Prompt::Text(text) => text.split_whitespace().count(),
-        Prompt::Chat(messages) => messages
+        Prompt::Chat { messages, .. } => messages
             .iter()
             .map(|m| 1 + m.content.split_whitespace().count())
             .sum(),
@@ -295,7 +295,7 @@ fn last_text(prompt: &strut_model::capabilities::Prompt) -> String {
     use strut_model::capabilities::Prompt;
     match prompt {
         Prompt::Text(text) => text.clone(),
-        Prompt::Chat(messages) => messages
+        Prompt::Chat { messages, .. } => messages
             .last()
             .map(|m| m.content.clone())
             .unwrap_or_default(),

@@ -60,10 +60,11 @@ async fn bad_requests_name_the_field_at_fault() {
         ),
         (
             CHAT,
-            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            // The talker's template renders no tools, so no tool results.
+            json!({"messages": [{"role": "tool", "tool_call_id": "c", "content": "x"}]}),
             400,
             "unsupported_parameter",
-            Some("messages[0].role"),
+            Some("messages[0]"),
         ),
         (
             CHAT,

@@ -53,15 +53,9 @@ async fn chat_renders_messages_through_the_model_and_answers_with_usage() {
     let seen = served.probe.requests.lock().unwrap().pop().unwrap();
     assert_eq!(
         seen.prompt,
-        Prompt::Chat(vec![
-            ChatMessage {
-                role: "system".into(),
-                content: "Be brief.".into()
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "Say hello".into()
-            },
+        Prompt::chat(vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Say hello"),
         ]),
         "developer is system; text parts are joined as sent"
     );

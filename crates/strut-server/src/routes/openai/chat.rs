@@ -5,11 +5,12 @@
 use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use strut_model::capabilities::{ChatMessage, FinishReason, Prompt};
+use strut_model::capabilities::{ChatMessage, ParsedCall, Prompt, ToolCall};
 
 use super::fields::{Fields, Off, invalid, is_empty, is_zero, never, unsupported};
-use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
+use super::generate::{Answer, Ending, Endpoint, Meta, Names, UsageBody};
 use super::logprobs::{self, Placed};
+use super::tools::{self, CallBody};
 use crate::ApiError;
 use crate::pipeline::Reply;
 
@@ -36,6 +37,23 @@ impl Endpoint for Chat {
         logprobs::take_chat(fields)
     }
 
+    fn take_tools(&self, fields: &mut Fields) -> Result<Option<tools::Offered>, ApiError> {
+        tools::take(fields).map(Some)
+    }
+
+    fn tool_call(&self, meta: &Meta, index: u32, call: u32, parsed: &ParsedCall) -> Option<Event> {
+        let choice = DeltaChoice {
+            index,
+            delta: Delta {
+                tool_calls: Some(vec![CallBody::new(parsed, Some(call))]),
+                ..Delta::default()
+            },
+            logprobs: None,
+            finish_reason: None,
+        };
+        Some(crate::sse::json(&meta.chunk(&[choice], None)))
+    }
+
     /// The first chunk names the speaker, with empty content, as OpenAI's does.
     fn opening(&self, meta: &Meta, index: u32) -> Option<Event> {
         Some(delta_chunk(
@@ -53,22 +71,17 @@ impl Endpoint for Chat {
         delta_chunk(meta, index, None, Some(text), logprobs, None)
     }
 
-    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+    fn finish(&self, meta: &Meta, index: u32, reason: Ending) -> Event {
         delta_chunk(meta, index, None, None, None, Some(reason))
     }
 
-    fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError> {
-        Reply::document(&response(meta, answers))
+    fn response(&self, meta: &Meta, mut answers: Vec<Answer>) -> Result<Reply, ApiError> {
+        let calls = split_calls(meta, &mut answers);
+        Reply::document(&response(meta, answers, &calls))
     }
 }
 
-const IGNORED: &[&str] = &[
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "parallel_tool_calls",
-];
+const IGNORED: &[&str] = &["user", "metadata", "store", "service_tier"];
 
 const OFF: &[Off] = &[
     Off {
@@ -83,21 +96,14 @@ const OFF: &[Off] = &[
         name: "logit_bias",
         is_off: is_empty,
     },
-    Off {
-        name: "tools",
-        is_off: is_empty,
-    },
+    // The deprecated forms of `tools` and `tool_choice`.
     Off {
         name: "functions",
         is_off: is_empty,
     },
     Off {
-        name: "tool_choice",
-        is_off: no_tool_choice,
-    },
-    Off {
         name: "function_call",
-        is_off: no_tool_choice,
+        is_off: no_function_call,
     },
     Off {
         name: "modalities",
@@ -113,7 +119,7 @@ const OFF: &[Off] = &[
     },
 ];
 
-fn no_tool_choice(value: &Value) -> bool {
+fn no_function_call(value: &Value) -> bool {
     matches!(value.as_str(), Some("none" | "auto"))
 }
 
@@ -146,7 +152,7 @@ fn take_messages(fields: &mut Fields) -> Result<Prompt, ApiError> {
         .enumerate()
         .map(|(i, message)| take_message(i, message))
         .collect::<Result<_, _>>()
-        .map(Prompt::Chat)
+        .map(Prompt::chat)
 }
 
 fn take_message(i: usize, message: Value) -> Result<ChatMessage, ApiError> {
@@ -158,7 +164,7 @@ fn take_message(i: usize, message: Value) -> Result<ChatMessage, ApiError> {
         ));
     };
     let role = role(&at, message.remove("role"))?;
-    for key in ["tool_calls", "function_call", "audio"] {
+    for key in ["function_call", "audio"] {
         if message
             .get(key)
             .is_some_and(|v| !v.is_null() && !is_empty(v))
@@ -166,30 +172,92 @@ fn take_message(i: usize, message: Value) -> Result<ChatMessage, ApiError> {
             let param = format!("{at}.{key}");
             return Err(unsupported(
                 &param,
-                format!(
-                    "`{param}` is not supported: this server does not call tools or take audio"
-                ),
+                format!("`{param}` is not supported: send `tool_calls`, and text content"),
             ));
         }
     }
-    let content = content(&at, &mut message)?;
-    Ok(ChatMessage { role, content })
+    let tool_calls = match message.remove("tool_calls") {
+        Some(Value::Array(calls)) if role == "assistant" => calls
+            .into_iter()
+            .enumerate()
+            .map(|(j, call)| tool_call(&format!("{at}.tool_calls[{j}]"), call))
+            .collect::<Result<Vec<_>, _>>()?,
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => {
+            let param = format!("{at}.tool_calls");
+            return Err(invalid(
+                &param,
+                format!("`{param}` must be a list, on an assistant message"),
+            ));
+        }
+    };
+    // An assistant that only called tools has no content.
+    let content = if tool_calls.is_empty() || message.get("content").is_some_and(|c| !c.is_null()) {
+        content(&at, &mut message)?
+    } else {
+        String::new()
+    };
+    let tool_call_id = match message.remove("tool_call_id") {
+        Some(Value::String(id)) if role == "tool" => Some(id),
+        None | Some(Value::Null) if role != "tool" => None,
+        _ => {
+            let param = format!("{at}.tool_call_id");
+            return Err(invalid(
+                &param,
+                format!(
+                    "`{param}` must be a string on a tool message, the id of the call it answers"
+                ),
+            ));
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        content,
+        tool_calls,
+        tool_call_id,
+    })
+}
+
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`.
+fn tool_call(at: &str, call: Value) -> Result<ToolCall, ApiError> {
+    let text = |pointer: &str| {
+        call.pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (
+        text("/id"),
+        text("/function/name"),
+        text("/function/arguments"),
+    ) {
+        (Some(id), Some(name), Some(arguments)) => Ok(ToolCall {
+            id,
+            name,
+            arguments,
+        }),
+        _ => Err(invalid(
+            at,
+            format!(
+                "`{at}` must be {{\"id\", \"type\": \"function\", \"function\":                  {{\"name\", \"arguments\"}}}} with strings for each"
+            ),
+        )),
+    }
 }
 
 fn role(at: &str, role: Option<Value>) -> Result<String, ApiError> {
     let param = format!("{at}.role");
     match role.as_ref().and_then(Value::as_str) {
-        Some(role @ ("system" | "user" | "assistant")) => Ok(role.to_owned()),
+        Some(role @ ("system" | "user" | "assistant" | "tool")) => Ok(role.to_owned()),
         // OpenAI's newer name for system instructions; chat templates know
         // only `system`.
         Some("developer") => Ok("system".to_owned()),
-        Some(role @ ("tool" | "function")) => Err(unsupported(
+        Some("function") => Err(unsupported(
             &param,
-            format!("`{role}` messages are not supported: this server does not call tools"),
+            "`function` messages (deprecated) are not supported: send `tool` messages",
         )),
         Some(other) => Err(invalid(
             &param,
-            format!("`{param}` must be system, developer, user or assistant, not `{other}`"),
+            format!("`{param}` must be system, developer, user, assistant or tool, not `{other}`"),
         )),
         None => Err(invalid(
             &param,
@@ -242,39 +310,48 @@ struct Completion<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: Vec<Choice>,
+    choices: Vec<Choice<'a>>,
     usage: UsageBody,
 }
 
 #[derive(Serialize)]
-struct Choice {
+struct Choice<'a> {
     index: u32,
-    message: Message,
+    message: Message<'a>,
     logprobs: Option<Value>,
-    finish_reason: FinishReason,
+    finish_reason: Ending,
 }
 
 #[derive(Serialize)]
-struct Message {
+struct Message<'a> {
     role: &'static str,
-    content: String,
+    /// Null when the model only called tools, as OpenAI's.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CallBody<'a>>,
 }
 
-fn response(meta: &Meta, answers: Vec<Answer>) -> impl Serialize + '_ {
+fn response<'a>(
+    meta: &'a Meta,
+    answers: Vec<Answer>,
+    calls: &'a [Vec<ParsedCall>],
+) -> impl Serialize + 'a {
     let usage = Answer::total_usage(&answers);
     let choices = answers
         .into_iter()
+        .zip(calls)
         .enumerate()
-        .map(|(index, answer)| Choice {
+        .map(|(index, (answer, calls))| Choice {
             index: index as u32,
             message: Message {
                 role: "assistant",
-                content: answer.text,
+                content: (calls.is_empty() || !answer.text.is_empty()).then_some(answer.text),
+                tool_calls: calls.iter().map(|call| CallBody::new(call, None)).collect(),
             },
             logprobs: answer
                 .logprobs
                 .map(|list| logprobs::chat(list.iter().map(|(_, lp)| lp))),
-            finish_reason: answer.reason,
+            finish_reason: Ending::of(answer.reason, calls.len()),
         })
         .collect();
     Completion {
@@ -287,20 +364,37 @@ fn response(meta: &Meta, answers: Vec<Answer>) -> impl Serialize + '_ {
     }
 }
 
+/// Each answer's calls, taken out of its text when tools are in play.
+fn split_calls(meta: &Meta, answers: &mut [Answer]) -> Vec<Vec<ParsedCall>> {
+    answers
+        .iter_mut()
+        .map(|answer| match meta.tools {
+            Some(syntax) => {
+                let (content, calls) = syntax.parse(&answer.text);
+                answer.text = content;
+                calls
+            }
+            None => Vec::new(),
+        })
+        .collect()
+}
+
 #[derive(Serialize)]
 struct DeltaChoice<'a> {
     index: u32,
     delta: Delta<'a>,
     logprobs: Option<Value>,
-    finish_reason: Option<FinishReason>,
+    finish_reason: Option<Ending>,
 }
 
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<CallBody<'a>>>,
 }
 
 fn delta_chunk(
@@ -309,11 +403,15 @@ fn delta_chunk(
     role: Option<&'static str>,
     content: Option<&str>,
     logprobs: Option<Value>,
-    finish_reason: Option<FinishReason>,
+    finish_reason: Option<Ending>,
 ) -> Event {
     let choice = DeltaChoice {
         index,
-        delta: Delta { role, content },
+        delta: Delta {
+            role,
+            content,
+            tool_calls: None,
+        },
         logprobs,
         finish_reason,
     };

@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use axum::response::sse::Event;
 use serde::Serialize;
 use serde_json::Value;
-use strut_model::capabilities::{FinishReason, Prompt};
+use strut_model::capabilities::Prompt;
 
 use super::fields::{Fields, Off, invalid, is_empty, is_empty_string, is_zero, unsupported};
-use super::generate::{Answer, Endpoint, Meta, Names, UsageBody};
+use super::generate::{Answer, Ending, Endpoint, Meta, Names, UsageBody};
 use super::logprobs::{self, Placed};
 use super::params::MAX_N;
 use crate::ApiError;
@@ -66,7 +66,7 @@ impl Endpoint for Completions {
         text_chunk(meta, index, text, logprobs, None)
     }
 
-    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+    fn finish(&self, meta: &Meta, index: u32, reason: Ending) -> Event {
         text_chunk(meta, index, "", None, Some(reason))
     }
 
@@ -145,7 +145,7 @@ struct Choice<'a> {
     index: u32,
     text: Cow<'a, str>,
     logprobs: Option<Value>,
-    finish_reason: Option<FinishReason>,
+    finish_reason: Option<Ending>,
 }
 
 fn response<'a>(meta: &'a Meta, answers: &'a [Answer]) -> impl Serialize + 'a {
@@ -173,7 +173,7 @@ fn response<'a>(meta: &'a Meta, answers: &'a [Answer]) -> impl Serialize + 'a {
                     }
                     (logprobs, _, _) => logprobs.as_ref().map(logprobs::completions),
                 },
-                finish_reason: Some(answer.reason),
+                finish_reason: Some(Ending::of(answer.reason, 0)),
             })
             .collect(),
         usage: Answer::total_usage(answers).into(),
@@ -185,7 +185,7 @@ fn text_chunk(
     index: u32,
     text: &str,
     logprobs: Option<Value>,
-    finish_reason: Option<FinishReason>,
+    finish_reason: Option<Ending>,
 ) -> Event {
     let choice = Choice {
         index,
@@ -244,7 +244,7 @@ impl Endpoint for PromptAsChat {
         super::chat::Chat.token(meta, index, text, logprob)
     }
 
-    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event {
+    fn finish(&self, meta: &Meta, index: u32, reason: Ending) -> Event {
         super::chat::Chat.finish(meta, index, reason)
     }
 

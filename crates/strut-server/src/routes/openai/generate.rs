@@ -10,13 +10,14 @@ use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use strut_model::capabilities::{
-    FinishReason, GenerateRequest, GenerationEvent, Prompt, PromptLogprobs, SamplingParams,
-    TextGeneration, Usage,
+    FinishReason, GenerateRequest, GenerationEvent, ParsedCall, Prompt, PromptLogprobs,
+    SamplingParams, TextGeneration, ToolSyntax, Usage,
 };
 
 use super::fields::{Fields, Off};
 use super::logprobs::Placed;
 use super::params::{self, Options};
+use super::tools;
 use super::{served_name, sse, unix_now};
 use crate::ApiError;
 use crate::metrics;
@@ -47,6 +48,20 @@ pub(super) trait Endpoint: Sync {
     fn take_best_of(&self, _fields: &mut Fields, _n: u32) -> Result<Option<u32>, ApiError> {
         Ok(None)
     }
+    /// `tools` and `tool_choice` (chat only).
+    fn take_tools(&self, _fields: &mut Fields) -> Result<Option<tools::Offered>, ApiError> {
+        Ok(None)
+    }
+    /// A stream's chunk for a complete tool call, the choice's `call`-th.
+    fn tool_call(
+        &self,
+        _meta: &Meta,
+        _index: u32,
+        _call: u32,
+        _parsed: &ParsedCall,
+    ) -> Option<Event> {
+        None
+    }
     /// What a stream sends for choice `index` before its first token.
     fn opening(&self, _meta: &Meta, _index: u32) -> Option<Event> {
         None
@@ -54,7 +69,7 @@ pub(super) trait Endpoint: Sync {
     /// A token's chunk: its text (possibly empty, when it holds part of a
     /// character) and, when asked for, its logprobs.
     fn token(&self, meta: &Meta, index: u32, text: &str, logprob: Option<&Placed>) -> Event;
-    fn finish(&self, meta: &Meta, index: u32, reason: FinishReason) -> Event;
+    fn finish(&self, meta: &Meta, index: u32, reason: Ending) -> Event;
     /// The whole answer as one document, a choice per candidate;
     /// `logprobs` is `Some` when asked for.
     fn response(&self, meta: &Meta, answers: Vec<Answer>) -> Result<Reply, ApiError>;
@@ -76,6 +91,26 @@ impl Answer {
         Usage {
             prompt_tokens: answers.first().map_or(0, |a| a.usage.prompt_tokens),
             completion_tokens: answers.iter().map(|a| a.usage.completion_tokens).sum(),
+        }
+    }
+}
+
+/// Why a choice ended, as OpenAI names it: the model's reason, or
+/// `tool_calls` when it stopped after calling tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Ending {
+    Stop,
+    Length,
+    ToolCalls,
+}
+
+impl Ending {
+    pub fn of(reason: FinishReason, calls: usize) -> Self {
+        match reason {
+            FinishReason::Stop if calls > 0 => Ending::ToolCalls,
+            FinishReason::Stop => Ending::Stop,
+            FinishReason::Length => Ending::Length,
         }
     }
 }
@@ -109,7 +144,7 @@ pub(super) async fn run(
     }
     let generator = call.text_generation(&model, capability)?;
     let mut fields = Fields::new(body)?;
-    let prompt = endpoint.take_prompt(&mut fields)?;
+    let mut prompt = endpoint.take_prompt(&mut fields)?;
     let Options {
         model: requested,
         mut params,
@@ -150,6 +185,10 @@ pub(super) async fn run(
             "this model cannot constrain its output (no JSON schema, regex or grammar)",
         ));
     }
+    let tool_syntax = match endpoint.take_tools(&mut fields)? {
+        Some(offered) => tools::apply(offered, &*generator, &mut prompt, &mut params)?,
+        None => None,
+    };
     // What the client asked to see; ranking needs the log probabilities anyway.
     let logprobs = params.logprobs.is_some();
     if best_of > n {
@@ -194,6 +233,7 @@ pub(super) async fn run(
     }
     let mut meta = Meta::new(endpoint, name, include_usage, logprobs);
     meta.echo = echo;
+    meta.tools = tool_syntax;
     if stream {
         let taken = slot.taken;
         let events = sse::generation(meta, first, candidates, slot.permit);
@@ -405,6 +445,8 @@ pub(super) struct Meta {
     pub logprobs: bool,
     /// The prompt, when the request asked for it to be echoed.
     pub echo: Option<String>,
+    /// The syntax tool calls are parsed from, when tools are in play.
+    pub tools: Option<ToolSyntax>,
 }
 
 impl Meta {
@@ -426,6 +468,7 @@ impl Meta {
             include_usage,
             logprobs,
             echo: None,
+            tools: None,
         }
     }
 

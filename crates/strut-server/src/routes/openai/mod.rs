@@ -16,6 +16,7 @@ mod models;
 mod params;
 mod responses;
 mod sse;
+mod tools;
 
 use axum::Router;
 use axum::body::Body;

@@ -145,16 +145,10 @@ fn read(fields: &mut Fields) -> Result<Request, ApiError> {
     let instructions = fields.take::<String>("instructions", "a string")?;
     let mut messages: Vec<ChatMessage> = instructions
         .iter()
-        .map(|text| ChatMessage {
-            role: "system".into(),
-            content: text.clone(),
-        })
+        .map(|text| ChatMessage::new("system", text.clone()))
         .collect();
     match fields.take_raw("input") {
-        Some(Value::String(text)) => messages.push(ChatMessage {
-            role: "user".into(),
-            content: text,
-        }),
+        Some(Value::String(text)) => messages.push(ChatMessage::new("user", text)),
         Some(Value::Array(items)) if !items.is_empty() => {
             for (i, item) in items.into_iter().enumerate() {
                 messages.push(input_message(i, item)?);
@@ -212,7 +206,7 @@ fn read(fields: &mut Fields) -> Result<Request, ApiError> {
     Ok(Request {
         model,
         instructions,
-        prompt: Prompt::Chat(messages),
+        prompt: Prompt::chat(messages),
         params,
         stream,
         format,
@@ -277,7 +271,7 @@ fn input_message(i: usize, item: Value) -> Result<ChatMessage, ApiError> {
             ));
         }
     };
-    Ok(ChatMessage { role, content })
+    Ok(ChatMessage::new(role, content))
 }
 
 /// What every document and event of one response repeats.

@@ -7,10 +7,10 @@ use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream;
 use serde_json::Value;
-use strut_model::capabilities::{GenerationEvent, Usage};
+use strut_model::capabilities::{GenerationEvent, Piece, Splitter, TokenLogprob, Usage};
 
 use super::error;
-use super::generate::{Events, Meta, unfinished};
+use super::generate::{Ending, Events, Meta, unfinished};
 use crate::Permit;
 use crate::sse::{self, EventStream};
 
@@ -31,7 +31,10 @@ pub(super) fn generation(
             .map(|(i, events)| events.map(move |event| (i, event)).boxed()),
     )
     .boxed();
+    let splitters = (0..n).map(|_| meta.tools.map(Splitter::new)).collect();
     let framer = Framer {
+        splitters,
+        calls: vec![0; n],
         meta,
         pending: Some((0, Ok(first))),
         rest: merged,
@@ -64,6 +67,10 @@ struct Framer {
     open: usize,
     /// The prompt once, every choice's completion tokens.
     usage: Usage,
+    /// Per choice, when tools are in play: calls taken out of its text.
+    splitters: Vec<Option<Splitter>>,
+    /// Per choice, calls sent so far.
+    calls: Vec<u32>,
     _permit: Permit,
 }
 
@@ -93,15 +100,24 @@ impl Framer {
             match event {
                 Ok(GenerationEvent::Token { text, logprob, .. }) => {
                     let logprob = logprob.filter(|_| meta.logprobs);
-                    if text.is_empty() && logprob.is_none() {
+                    let pieces = match self.splitters[i].as_mut() {
+                        Some(splitter) => splitter.push(&text),
+                        None if text.is_empty() => Vec::new(),
+                        None => vec![Piece::Text(text)],
+                    };
+                    if pieces.is_empty() && logprob.is_none() {
                         continue;
                     }
-                    let placed = logprob.map(|lp| (self.chars[i], lp));
-                    self.chars[i] += text.chars().count();
-                    out.push(endpoint.token(meta, index, &text, placed.as_ref()));
+                    self.send(i, pieces, logprob, &mut out);
                 }
                 Ok(GenerationEvent::Finished { reason, usage, .. }) => {
-                    out.push(endpoint.finish(meta, index, reason));
+                    if let Some(splitter) = self.splitters[i].as_mut() {
+                        let pieces = splitter.finish();
+                        self.send(i, pieces, None, &mut out);
+                    }
+                    let meta = &self.meta;
+                    let ending = Ending::of(reason, self.calls[i] as usize);
+                    out.push(endpoint.finish(meta, index, ending));
                     self.usage.prompt_tokens = usage.prompt_tokens;
                     self.usage.completion_tokens += usage.completion_tokens;
                     self.open -= 1;
@@ -121,6 +137,38 @@ impl Framer {
                 }
             }
             return Some(out);
+        }
+    }
+
+    /// A token's pieces: text chunks (the first carrying its logprob, or an
+    /// empty one carrying it when the text is held back) and calls.
+    fn send(
+        &mut self,
+        i: usize,
+        pieces: Vec<Piece>,
+        mut logprob: Option<TokenLogprob>,
+        out: &mut Vec<Event>,
+    ) {
+        let meta = &self.meta;
+        let index = i as u32;
+        let mut texts = 0;
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => {
+                    let placed = logprob.take().map(|lp| (self.chars[i], lp));
+                    self.chars[i] += text.chars().count();
+                    texts += 1;
+                    out.push(meta.endpoint.token(meta, index, &text, placed.as_ref()));
+                }
+                Piece::Call(call) => {
+                    out.extend(meta.endpoint.tool_call(meta, index, self.calls[i], &call));
+                    self.calls[i] += 1;
+                }
+            }
+        }
+        if let Some(lp) = logprob.filter(|_| texts == 0) {
+            let placed = (self.chars[i], lp);
+            out.push(meta.endpoint.token(meta, index, "", Some(&placed)));
         }
     }
 }
