@@ -118,34 +118,72 @@ impl PgStore {
 }
 
 /// Requests queued or running, as this replica knows them: the table's
-/// count, read every second, plus this replica's own changes since. A
-/// count whose query overlapped a local change is dropped, so that change
-/// is never counted twice (the next count has it).
-pub(super) struct Unfinished(Mutex<(usize, u64)>);
+/// count, read every second, plus this replica's own changes since. A write
+/// that changes the count holds a [`Writing`] from before its commit until
+/// its own change is applied after it; a count whose query overlapped one is
+/// dropped, so no change is counted twice or missed (the next count has it).
+pub(super) struct Unfinished(Mutex<Counts>);
+
+struct Counts {
+    n: usize,
+    /// Bumped by every local change and every write's start and end.
+    changes: u64,
+    /// Writes under way.
+    writing: usize,
+}
+
+/// A write that may change the count is under way.
+pub(super) struct Writing<'a>(&'a Unfinished);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.0.lock();
+        counts.writing -= 1;
+        counts.changes += 1;
+    }
+}
 
 impl Unfinished {
     fn new(n: usize) -> Self {
-        Self(Mutex::new((n, 0)))
+        Self(Mutex::new(Counts {
+            n,
+            changes: 0,
+            writing: 0,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn get(&self) -> usize {
-        self.0.lock().expect("count lock").0
+        self.lock().n
+    }
+
+    pub(super) fn writing(&self) -> Writing<'_> {
+        let mut counts = self.lock();
+        counts.writing += 1;
+        counts.changes += 1;
+        Writing(self)
     }
 
     pub(super) fn change(&self, f: impl FnOnce(usize) -> usize) {
-        let mut count = self.0.lock().expect("count lock");
-        count.0 = f(count.0);
-        count.1 += 1;
+        let mut counts = self.lock();
+        counts.n = f(counts.n);
+        counts.changes += 1;
     }
 
-    fn changes(&self) -> u64 {
-        self.0.lock().expect("count lock").1
+    /// Where the changes stand before a count, or `None` while a write is
+    /// under way (the count would race it).
+    fn before_count(&self) -> Option<u64> {
+        let counts = self.lock();
+        (counts.writing == 0).then_some(counts.changes)
     }
 
     fn counted(&self, n: usize, changes_before: u64) {
-        let mut count = self.0.lock().expect("count lock");
-        if count.1 == changes_before {
-            count.0 = n;
+        let mut counts = self.lock();
+        if counts.changes == changes_before && counts.writing == 0 {
+            counts.n = n;
         }
     }
 }
@@ -243,7 +281,9 @@ async fn refresh_count(pool: Pool, unfinished: Arc<Unfinished>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let before = unfinished.changes();
+        let Some(before) = unfinished.before_count() else {
+            continue;
+        };
         match count_unfinished(&pool).await {
             Ok(n) => unfinished.counted(n, before),
             Err(err) => tracing::warn!("counting the async queue: {err}"),
@@ -323,5 +363,28 @@ async fn write_enqueues(
             store::insert_batch(&pool, batch, &unfinished).await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unfinished;
+
+    #[test]
+    fn a_count_that_overlaps_a_write_is_dropped() {
+        let count = Unfinished::new(0);
+        // A count starts; an enqueue commits, the count sees its row, then
+        // the enqueue applies its own +1: the count must not stand.
+        let before = count.before_count().unwrap();
+        let write = count.writing();
+        assert_eq!(count.before_count(), None, "no count starts mid-write");
+        count.change(|n| n + 1);
+        drop(write);
+        count.counted(1, before);
+        assert_eq!(count.get(), 1, "the enqueue is counted once");
+        // A count with no write in its way stands.
+        let before = count.before_count().unwrap();
+        count.counted(5, before);
+        assert_eq!(count.get(), 5);
     }
 }

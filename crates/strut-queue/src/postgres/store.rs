@@ -17,6 +17,7 @@ use crate::{
 
 /// Writes one batch of enqueues and answers each caller after the commit.
 pub(super) async fn insert_batch(pool: &Pool, batch: Vec<Pending>, unfinished: &Unfinished) {
+    let _writing = unfinished.writing();
     match insert(pool, &batch).await {
         Ok(mut created) => {
             let mut exists = Vec::new();
@@ -153,6 +154,7 @@ impl PgStore {
     /// this replica) that no process runs any more: canceled if a cancel was
     /// recorded, else queued again or failed by their retry config.
     async fn settle_orphans(&self, which: &str, now: Millis) -> Result<Recovered, QueueError> {
+        let _writing = self.unfinished.writing();
         let errors = recorded::orphaned();
         let canceled = recorded::canceled();
         let mut client = self.pool.get().await?;
@@ -347,6 +349,7 @@ impl QueueStore for PgStore {
     }
 
     async fn finish(&self, id: &str, outcome: Outcome, now: Millis) -> Result<bool, QueueError> {
+        let _writing = self.unfinished.writing();
         let output = outcome.output.as_ref().map(json_text).transpose()?;
         let (errors, logs) = (json_text(&outcome.errors)?, json_text(&outcome.logs)?);
         let client = self.pool.get().await?;
@@ -378,6 +381,7 @@ impl QueueStore for PgStore {
     }
 
     async fn cancel(&self, id: &str, now: Millis) -> Result<Cancel, QueueError> {
+        let _writing = self.unfinished.writing();
         let errors = recorded::canceled();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -421,6 +425,7 @@ impl QueueStore for PgStore {
     }
 
     async fn expire(&self, now: Millis) -> Result<usize, QueueError> {
+        let _writing = self.unfinished.writing();
         let errors = recorded::expired();
         let client = self.pool.get().await?;
         let statement = client
