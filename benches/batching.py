@@ -125,7 +125,7 @@ def strut_server(model_dir, overrides=None, binary=None, name="strut"):
         tmp = tempfile.mkdtemp(prefix="bench-model-")
         text = open(os.path.join(model_dir, "config.yaml")).read()
         for key, value in overrides.items():
-            text = text.replace("    max_step_tokens: 256\n", f"    max_step_tokens: 256\n    {key}: {value}\n")
+            text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: 64\n    {key}: {value}\n")
         open(os.path.join(tmp, "config.yaml"), "w").write(text)
         model_dir = tmp
     port = free_port()
