@@ -6,6 +6,7 @@ both up at once and measured in turns, in one run.
                                 [--prompt-tokens 100] [--output-tokens 128]
     python3 benches/batching.py --prefix [--requests 32]   # the prefix-cache benchmark
     python3 benches/batching.py --base-binary OLD/strut    # and another build, in the same turns
+    python3 benches/batching.py --steps 64 256 [--rounds 5]  # strut alone: c=1 and c=8 per step size
 
 Both servers get streamed `/v1/completions` requests with `ignore_eos`, greedy,
 `max_tokens` 128 and prompts of about 100 tokens that differ from their first
@@ -17,6 +18,10 @@ strut's batch (`--slots`) and 2 threads, its context split between them.
 `--prefix`: 32 requests at concurrency 4 sharing a ~500-token system prompt,
 each with its own question, against strut with the prefix cache on and off
 (two servers, measured in turns); prints TTFT p50/p99 of each.
+
+`--steps`: strut servers with each `max_step_tokens`, measured in turns at
+concurrency 1 and 8 (the workload above) for `--rounds` rounds; prints the
+medians of tok/s and TTFT p50 and their c=8 / c=1 ratios.
 
 The binaries: target/release/strut (built when missing) and llama-server from
 ../shared/peers/llama-server.sh (~/.cache/strut-peers), or $LLAMA_SERVER.
@@ -125,7 +130,10 @@ def strut_server(model_dir, overrides=None, binary=None, name="strut"):
         tmp = tempfile.mkdtemp(prefix="bench-model-")
         text = open(os.path.join(model_dir, "config.yaml")).read()
         for key, value in overrides.items():
-            text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: 64\n    {key}: {value}\n")
+            if key == "max_step_tokens":
+                text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: {value}\n")
+            else:
+                text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: 64\n    {key}: {value}\n")
         open(os.path.join(tmp, "config.yaml"), "w").write(text)
         model_dir = tmp
     port = free_port()
@@ -222,6 +230,39 @@ def prefix(args):
     return 1 if a["errors"] or b["errors"] else 0
 
 
+def steps(args):
+    servers = [strut_server(os.path.join(ROOT, "models", "smollm2"), {"max_step_tokens": n})
+               for n in args.steps]
+    levels = (1, 8)
+    per_round = sum(max(args.requests, 2 * c) for c in levels)
+    prompts = [prompt(i, args.prompt_tokens * 2 // 3) for i in range(2 + args.rounds * len(servers) * per_round)]
+    results, used, failed = {}, 2, False
+    try:
+        for s in servers:
+            level(s.port, s.model, 2, 2, prompts, 8)
+        for _ in range(args.rounds):
+            for s in servers:
+                for c in levels:
+                    n = max(args.requests, 2 * c)
+                    r = level(s.port, s.model, c, n, prompts[used:used + n], args.output_tokens)
+                    used += n
+                    results.setdefault((s.name, c), []).append(r)
+                    print(row(s.name, c, r), flush=True)
+                    failed |= bool(r["errors"]) or r["min_tokens"] != args.output_tokens
+    finally:
+        for s in servers:
+            s.stop()
+    med = lambda name, c, key: statistics.median(r[key] for r in results[(name, c)])
+    print(f"\nmedians of {args.rounds} rounds")
+    print("| max_step_tokens | tok/s c=1 | tok/s c=8 | c=8 / c=1 | TTFT p50 c=1 | TTFT p50 c=8 | c=8 / c=1 |")
+    print("|---|---|---|---|---|---|---|")
+    for n, s in zip(args.steps, servers):
+        t1, t8 = med(s.name, 1, "tok_s"), med(s.name, 8, "tok_s")
+        f1, f8 = med(s.name, 1, "ttft_p50"), med(s.name, 8, "ttft_p50")
+        print(f"| {n} | {t1:.1f} | {t8:.1f} | {t8 / t1:.2f}x | {f1 * 1000:.0f} ms | {f8 * 1000:.0f} ms | {f8 / f1:.2f}x |")
+    return 1 if failed else 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -231,9 +272,13 @@ def main():
     p.add_argument("--output-tokens", type=int, default=128)
     p.add_argument("--prefix", action="store_true")
     p.add_argument("--base-binary", help="another strut binary, measured in the same turns (A/B)")
+    p.add_argument("--steps", type=int, nargs="+", help="compare strut with these max_step_tokens")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of --steps")
     args = p.parse_args()
     if args.prefix and args.requests == 16:
         args.requests = 32
+    if args.steps:
+        sys.exit(steps(args))
     sys.exit(prefix(args) if args.prefix else batching(args))
 
 
