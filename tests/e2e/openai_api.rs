@@ -132,6 +132,16 @@ pub fn assert_error(reply: &Reply, status: u16, code: &str, param: Option<&str>)
     error.clone()
 }
 
+/// Completions' `logprobs.text_offset`, as numbers.
+pub fn text_offsets(logprobs: &Value) -> Vec<u64> {
+    logprobs["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect()
+}
+
 fn header<'a>(reply: &'a Reply, name: &str) -> &'a str {
     reply.headers[name].to_str().unwrap()
 }

@@ -209,12 +209,7 @@ async fn smollm2_reports_logprobs_for_every_token() {
         tokens.concat(),
         reply["choices"][0]["text"].as_str().unwrap()
     );
-    let offsets: Vec<u64> = lp["text_offset"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_u64().unwrap())
-        .collect();
+    let offsets = super::text_offsets(lp);
     assert_eq!(offsets[0], 0);
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
     for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {

@@ -88,12 +88,7 @@ async fn echo_with_logprobs_scores_the_prompt_as_generation_scores_tokens() {
         "prompt then completion: {lp}"
     );
     assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
-    let offsets: Vec<u64> = lp["text_offset"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_u64().unwrap())
-        .collect();
+    let offsets = super::text_offsets(lp);
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
     assert_eq!(offsets[prompt_tokens] as usize, prompt.chars().count());
     for i in 1..tokens.len() {

@@ -119,28 +119,19 @@ async fn calls_in_the_output_come_back_as_tool_calls_whole_and_streamed() {
 #[tokio::test]
 async fn text_stays_text_and_tool_choice_none_hides_the_tools() {
     let served = serve("Caller").await;
-    let plain = json!({"messages": [{"role": "user", "content": "say:No call <tool here."}],
-                       "tools": tools()});
-    let doc = post(&served.router, CHAT, &plain).await.json();
-    assert_eq!(
-        doc["choices"][0]["message"]["content"],
-        "No call <tool here."
-    );
-    assert_eq!(doc["choices"][0]["finish_reason"], "stop");
-    assert!(
-        doc["choices"][0]["message"].get("tool_calls").is_none(),
-        "{doc}"
-    );
-
-    // A broken call is the model's text, not a call.
-    let broken = json!({"messages": [{"role": "user", "content": "say:<tool_call>{oops}</tool_call>"}],
-                        "tools": tools()});
-    let doc = post(&served.router, CHAT, &broken).await.json();
-    assert_eq!(
-        doc["choices"][0]["message"]["content"],
-        "<tool_call>{oops}</tool_call>"
-    );
-    assert_eq!(doc["choices"][0]["finish_reason"], "stop");
+    // Text that only looks like a tag, and a broken call, are the model's
+    // text, not calls.
+    for said in ["No call <tool here.", "<tool_call>{oops}</tool_call>"] {
+        let body = json!({"messages": [{"role": "user", "content": format!("say:{said}")}],
+                          "tools": tools()});
+        let doc = post(&served.router, CHAT, &body).await.json();
+        assert_eq!(doc["choices"][0]["message"]["content"], said, "{doc}");
+        assert_eq!(doc["choices"][0]["finish_reason"], "stop");
+        assert!(
+            doc["choices"][0]["message"].get("tool_calls").is_none(),
+            "{doc}"
+        );
+    }
 
     let none = json!({"messages": [{"role": "user", "content": TWO_CALLS}], "tools": tools(),
                       "tool_choice": "none"});
