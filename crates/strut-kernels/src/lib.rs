@@ -31,9 +31,10 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 pub use dense::{Dense, Packed};
+pub use half::f16;
 pub use heap::release_free_memory;
 pub use mmap::MappedFile;
-pub use quant::{Activations, Format, QMatrix, scores, weighted_sum};
+pub use quant::{Activations, Format, QMatrix, scores, scores_f16, weighted_sum, weighted_sum_f16};
 
 /// The threads a kernel spreads its work over.
 pub trait Pool {
@@ -104,4 +105,13 @@ impl Pool for TestPool {
             work();
         });
     }
+}
+
+/// Appends `src` to `dst` rounded to f16 (to nearest even), with the CPU's
+/// conversion instructions where it has them.
+pub fn extend_f16(dst: &mut Vec<f16>, src: &[f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let start = dst.len();
+    dst.resize(start + src.len(), f16::ZERO);
+    dst[start..].convert_from_f32_slice(src);
 }

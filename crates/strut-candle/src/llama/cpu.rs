@@ -7,7 +7,7 @@
 //! through strut-kernels (or candle's matmul for dense weights) and the rest
 //! (norms, RoPE, attention, SiLU) is written out here, as llama.cpp does.
 
-use strut_kernels::Activations;
+use strut_kernels::{Activations, extend_f16, f16};
 
 use super::attention::attention;
 use super::linear::{Embedding, Linear, Projection};
@@ -76,13 +76,18 @@ struct Scratch {
     acts: Activations,
 }
 
-/// One sequence's keys and values: per layer, `[position][kv_dim]`. Owned
-/// by the sequence (the scheduler's), not the model, so any number of
-/// sequences share one set of weights.
+/// One sequence's keys and values: per layer and key/value head,
+/// `[position][head_dim]`, so that attention reads one head's keys as one
+/// run of memory. In f16, as llama.cpp keeps them by default: a batch's
+/// attention reads every sequence's cache at each step, and at a few
+/// hundred positions per sequence that is as many bytes as the weights in
+/// f32. Owned by the sequence (the scheduler's), not the model, so any
+/// number of sequences share one set of weights.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
-    kv_dim: usize,
+    /// Layer `l`'s head `h` at `l * n_kv_head + h`.
+    heads: Vec<(Vec<f16>, Vec<f16>)>,
+    head_dim: usize,
     len: usize,
 }
 
@@ -96,9 +101,9 @@ impl KvCache {
     /// pass left beyond the last good one).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-        for (k, v) in &mut self.layers {
-            k.truncate(self.len * self.kv_dim);
-            v.truncate(self.len * self.kv_dim);
+        for (k, v) in &mut self.heads {
+            k.truncate(self.len * self.head_dim);
+            v.truncate(self.len * self.head_dim);
         }
     }
 
@@ -111,11 +116,10 @@ impl KvCache {
     /// cache's.
     pub fn copy_prefix(&mut self, other: &KvCache, len: usize) {
         let len = len.min(other.len);
-        let n = len * other.kv_dim;
-        self.kv_dim = other.kv_dim;
-        self.layers
-            .resize_with(other.layers.len(), Default::default);
-        for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&other.layers) {
+        let n = len * other.head_dim;
+        self.head_dim = other.head_dim;
+        self.heads.resize_with(other.heads.len(), Default::default);
+        for ((k, v), (ok, ov)) in self.heads.iter_mut().zip(&other.heads) {
             k.clear();
             k.extend_from_slice(&ok[..n]);
             v.clear();
@@ -211,15 +215,15 @@ impl CpuLlama {
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
         KvCache {
-            layers: self.layers.iter().map(|_| Default::default()).collect(),
-            kv_dim: self.hp.n_kv_head * self.hp.head_dim,
+            heads: vec![Default::default(); self.layers.len() * self.hp.n_kv_head],
+            head_dim: self.hp.head_dim,
             len: 0,
         }
     }
 
     /// Bytes of KV memory per position of a sequence.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers.len() * self.hp.n_kv_head * self.hp.head_dim * size_of::<f32>()
+        2 * self.layers.len() * self.hp.n_kv_head * self.hp.head_dim * size_of::<f16>()
     }
 
     /// One pass over several sequences at once: every segment's rows go
@@ -244,11 +248,11 @@ impl CpuLlama {
         s.sin.clear();
         let mut rows = s.x.chunks_exact_mut(dim);
         for seg in segments.iter_mut() {
-            if seg.cache.layers.len() != self.layers.len() {
+            if seg.cache.heads.len() != self.layers.len() * hp.n_kv_head {
                 seg.cache
-                    .layers
-                    .resize_with(self.layers.len(), Default::default);
-                seg.cache.kv_dim = kv_dim;
+                    .heads
+                    .resize_with(self.layers.len() * hp.n_kv_head, Default::default);
+                seg.cache.head_dim = hp.head_dim;
             }
             // Drops what a pass that failed half-way left beyond `len`.
             seg.cache.truncate(seg.cache.len);
@@ -264,28 +268,27 @@ impl CpuLlama {
             layer.qkv.forward(&s.h, m, &mut s.acts, &mut s.qkv)?;
             let mut qkv_rows = s.qkv.chunks_exact_mut(q_dim + 2 * kv_dim).enumerate();
             for seg in segments.iter_mut() {
-                let (k_cache, v_cache) = &mut seg.cache.layers[l];
+                let heads = &mut seg.cache.heads[l * hp.n_kv_head..][..hp.n_kv_head];
                 for (t, row) in (&mut qkv_rows).take(seg.tokens.len()) {
                     let (cos, sin) = (&s.cos[t * pairs..], &s.sin[t * pairs..]);
                     let (q, kv) = row.split_at_mut(q_dim);
                     let (k, v) = kv.split_at_mut(kv_dim);
                     rope(hp, q, cos, sin);
                     rope(hp, k, cos, sin);
-                    k_cache.extend_from_slice(k);
-                    v_cache.extend_from_slice(v);
+                    let kv = k.chunks_exact(hp.head_dim).zip(v.chunks_exact(hp.head_dim));
+                    for ((k_cache, v_cache), (k, v)) in heads.iter_mut().zip(kv) {
+                        extend_f16(k_cache, k);
+                        extend_f16(v_cache, v);
+                    }
                 }
             }
             s.attn.resize(m * q_dim, 0.0);
             let spans: Vec<Span<'_>> = segments
                 .iter()
-                .map(|seg| {
-                    let (k, v) = &seg.cache.layers[l];
-                    Span {
-                        rows: seg.tokens.len(),
-                        pos: seg.cache.len,
-                        k,
-                        v,
-                    }
+                .map(|seg| Span {
+                    rows: seg.tokens.len(),
+                    pos: seg.cache.len,
+                    heads: &seg.cache.heads[l * hp.n_kv_head..][..hp.n_kv_head],
                 })
                 .collect();
             attention(hp, &s.qkv, &spans, &mut s.attn);
@@ -304,9 +307,7 @@ impl CpuLlama {
                 .zip(s.gate_up.chunks_exact(2 * ffn))
             {
                 let (gate, up) = gu.split_at(ffn);
-                for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                strut_kernels::ops::swiglu(gate, up, act);
             }
             layer.down.forward(&s.act, m, &mut s.acts, &mut s.h)?;
             add(&mut s.x, &s.h);
@@ -358,8 +359,8 @@ pub struct Span<'a> {
     pub rows: usize,
     /// The position of the first row.
     pub pos: usize,
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    /// Keys and values of each key/value head.
+    pub heads: &'a [(Vec<f16>, Vec<f16>)],
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

@@ -110,32 +110,131 @@ impl BlockQ8_0 {
     }
 }
 
-/// One weight row against one activation row, in plain Rust.
-pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
-    let mut sum = 0f32;
-    for (w, a) in w.iter().zip(a) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            sumi += (w.qs[j] & 0x0F) as i32 * a.qs[j] as i32
-                + (w.qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
-        }
-        sum += sumi as f32 * f16_to_f32(w.d) * a.d + f16_to_f32(w.m) * a.s;
-    }
-    sum
+/// Weight rows per interleaved group: one AVX2 register of i32 lanes, one
+/// lane per row, so a group's products need no horizontal sums.
+pub const ROWS: usize = 8;
+
+/// Block `b` of eight consecutive Q4_1 rows, interleaved (llama.cpp's
+/// "repacked" layouts): for `p` in 0..4, bytes `32p + 4l..32p + 4l + 4`
+/// are row `l`'s `qs[4p..4p + 4]`, so one 32-byte load holds columns
+/// `4p..4p + 4` of every row in its low nibbles and `16 + 4p..` in its high.
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_1x8 {
+    pub d: [u16; ROWS],
+    pub m: [u16; ROWS],
+    pub qs: [u8; ROWS * QK / 2],
 }
 
-/// One weight row against one activation row, in plain Rust.
-pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
-    let mut sum = 0f32;
+/// Block `b` of eight consecutive Q8_0 rows: for `j` in 0..8, bytes
+/// `32j + 4l..32j + 4l + 4` are row `l`'s `qs[4j..4j + 4]`.
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0x8 {
+    pub d: [u16; ROWS],
+    pub qs: [i8; ROWS * QK],
+}
+
+/// Rows of `per_row` blocks each, in groups of eight (the last padded with
+/// zero blocks, whose products are zero), group after group.
+pub fn interleave_q4_1(rows: &[BlockQ4_1], per_row: usize) -> Vec<BlockQ4_1x8> {
+    let groups = (rows.len() / per_row).div_ceil(ROWS);
+    let mut out = vec![BlockQ4_1x8::zeroed(); groups * per_row];
+    for (i, row) in rows.chunks_exact(per_row).enumerate() {
+        let (g, l) = (i / ROWS, i % ROWS);
+        for (b, block) in row.iter().enumerate() {
+            let packed = &mut out[g * per_row + b];
+            packed.d[l] = block.d;
+            packed.m[l] = block.m;
+            for p in 0..4 {
+                packed.qs[32 * p + 4 * l..][..4].copy_from_slice(&block.qs[4 * p..][..4]);
+            }
+        }
+    }
+    out
+}
+
+/// As `interleave_q4_1`, for Q8_0 rows.
+pub fn interleave_q8_0(rows: &[BlockQ8_0], per_row: usize) -> Vec<BlockQ8_0x8> {
+    let groups = (rows.len() / per_row).div_ceil(ROWS);
+    let mut out = vec![BlockQ8_0x8::zeroed(); groups * per_row];
+    for (i, row) in rows.chunks_exact(per_row).enumerate() {
+        let (g, l) = (i / ROWS, i % ROWS);
+        for (b, block) in row.iter().enumerate() {
+            let packed = &mut out[g * per_row + b];
+            packed.d[l] = block.d;
+            for j in 0..8 {
+                packed.qs[32 * j + 4 * l..][..4].copy_from_slice(&block.qs[4 * j..][..4]);
+            }
+        }
+    }
+    out
+}
+
+impl BlockQ4_1x8 {
+    /// Row `l`'s block.
+    pub fn row(&self, l: usize) -> BlockQ4_1 {
+        let mut qs = [0u8; QK / 2];
+        for p in 0..4 {
+            qs[4 * p..][..4].copy_from_slice(&self.qs[32 * p + 4 * l..][..4]);
+        }
+        BlockQ4_1 {
+            d: self.d[l],
+            m: self.m[l],
+            qs,
+        }
+    }
+}
+
+impl BlockQ8_0x8 {
+    /// Row `l`'s block.
+    pub fn row(&self, l: usize) -> BlockQ8_0 {
+        let mut qs = [0i8; QK];
+        for j in 0..8 {
+            qs[4 * j..][..4].copy_from_slice(&self.qs[32 * j + 4 * l..][..4]);
+        }
+        BlockQ8_0 { d: self.d[l], qs }
+    }
+}
+
+/// A group of eight Q4_1 rows against one activation row, in plain Rust,
+/// with the SIMD kernel's order of operations (exact integer sums, then per
+/// block one fused multiply-add for the scale and one for the offset), so
+/// that the two agree to the last bit.
+pub fn dot_q4_1x8(w: &[BlockQ4_1x8], a: &[BlockQ8]) -> [f32; ROWS] {
+    let mut acc = [0f32; ROWS];
     for (w, a) in w.iter().zip(a) {
-        let sumi: i32 =
-            w.qs.iter()
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let row = w.row(l);
+            let mut sumi = 0i32;
+            for j in 0..QK / 2 {
+                sumi += (row.qs[j] & 0x0F) as i32 * a.qs[j] as i32
+                    + (row.qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
+            }
+            *acc = (sumi as f32).mul_add(f16_to_f32(row.d) * a.d, *acc);
+            *acc = f16_to_f32(row.m).mul_add(a.s, *acc);
+        }
+    }
+    acc
+}
+
+/// A group of eight Q8_0 rows against one activation row, in plain Rust, in
+/// the SIMD kernel's order of operations.
+pub fn dot_q8_0x8(w: &[BlockQ8_0x8], a: &[BlockQ8]) -> [f32; ROWS] {
+    let mut acc = [0f32; ROWS];
+    for (w, a) in w.iter().zip(a) {
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let row = w.row(l);
+            let sumi: i32 = row
+                .qs
+                .iter()
                 .zip(&a.qs)
                 .map(|(&x, &y)| x as i32 * y as i32)
                 .sum();
-        sum += sumi as f32 * f16_to_f32(w.d) * a.d;
+            *acc = (sumi as f32).mul_add(f16_to_f32(row.d) * a.d, *acc);
+        }
     }
-    sum
+    acc
 }
 
 /// `out[j] = scale * (q · keys[j * stride..][..q.len()])`.
@@ -152,6 +251,29 @@ pub fn weighted_sum(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
     for (j, &wj) in w.iter().enumerate() {
         for (o, v) in out.iter_mut().zip(&values[j * stride..]) {
             *o += wj * v;
+        }
+    }
+}
+
+/// `scores_f16` in plain Rust.
+pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
+    let n = keys.len() / hd;
+    for (qg, out) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n.max(1))) {
+        for (o, key) in out.iter_mut().zip(keys.chunks_exact(hd)) {
+            *o = qg.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
+        }
+    }
+}
+
+/// `weighted_sum_f16` in plain Rust.
+pub fn weighted_sum_f16(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let n = values.len() / hd;
+    for (wg, out) in w.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(hd)) {
+        for (&wj, value) in wg.iter().zip(values.chunks_exact(hd)) {
+            for (o, v) in out.iter_mut().zip(value) {
+                *o += wj * v.to_f32();
+            }
         }
     }
 }

@@ -5,9 +5,10 @@
 //! for Q4_1, and its quantized Llama expands the tied embedding to f32; this
 //! module is what lets the CPU Llama avoid both.
 //!
-//! Work is spread over output rows (one token) or over tiles of activation
-//! rows (a prompt) on the caller's pool (candle's own, in strut-candle), so
-//! that our threads and candle's never compete for the cores.
+//! Matrices are kept in groups of eight interleaved rows (see `blocks`),
+//! whatever the CPU, and work is spread over groups on the caller's pool
+//! (candle's own, in strut-candle), so that our threads and candle's never
+//! compete for the cores.
 
 mod blocks;
 #[cfg(target_arch = "x86_64")]
@@ -16,8 +17,9 @@ mod x86;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Mutex, OnceLock};
 
-use blocks::{BlockQ4_1, BlockQ8, BlockQ8_0, QK};
+use blocks::{BlockQ4_1, BlockQ4_1x8, BlockQ8, BlockQ8_0, BlockQ8_0x8, QK, ROWS};
 use bytemuck::Zeroable;
+use half::f16;
 
 use crate::Pool;
 
@@ -28,13 +30,15 @@ pub enum Format {
     Q8_0,
 }
 
+/// Groups of eight rows, interleaved (`blocks::interleave_q4_1`), group
+/// after group, each group a run of `cols / 32` blocks.
 #[derive(Debug, Clone)]
 enum Blocks {
-    Q4_1(Vec<BlockQ4_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    Q4_1(Vec<BlockQ4_1x8>),
+    Q8_0(Vec<BlockQ8_0x8>),
 }
 
-/// A `rows x cols` weight matrix, row-major, each row a run of blocks.
+/// A `rows x cols` weight matrix, kept in groups of eight interleaved rows.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     rows: usize,
@@ -95,20 +99,19 @@ impl Activations {
     }
 }
 
-/// Activation rows per tile when a prompt is multiplied: each weight block is
-/// unpacked once per tile.
+/// Activation rows that meet a group's blocks at once: four accumulators,
+/// four sums and a group's unpacked weights fill AVX2's 16 registers.
 const TILE: usize = 4;
-/// Work items per thread for one token's product: enough for a straggling
-/// core to be absorbed, few enough that claiming them costs nothing.
+/// Activation rows a work item runs through its groups before the next
+/// ones: a prompt's rows beyond this would push its weights out of L1.
+const PANEL: usize = 64;
+/// Work items per thread: enough for a straggling core to be absorbed, few
+/// enough that claiming them costs nothing.
 const ITEMS_PER_THREAD: usize = 8;
-/// From this many activation rows (a prompt) work is split over tiles of
-/// rows, each streaming the whole matrix; below, over weight rows.
-const FEW_ROWS: usize = 32;
 
 impl QMatrix {
     /// Reads the matrices of `format` and width `cols` that start at each
-    /// `(offset, rows)` of a GGUF file, stacked into one: their blocks go
-    /// straight into the final buffer, never through a copy.
+    /// `(offset, rows)` of a GGUF file, stacked into one and interleaved.
     pub fn read(
         reader: &mut (impl Read + Seek),
         format: Format,
@@ -140,12 +143,12 @@ impl QMatrix {
             Format::Q4_1 => {
                 let mut v = vec![BlockQ4_1::zeroed(); n];
                 fill(reader, &mut v, parts, per_row)?;
-                Blocks::Q4_1(v)
+                Blocks::Q4_1(blocks::interleave_q4_1(&v, per_row))
             }
             Format::Q8_0 => {
                 let mut v = vec![BlockQ8_0::zeroed(); n];
                 fill(reader, &mut v, parts, per_row)?;
-                Blocks::Q8_0(v)
+                Blocks::Q8_0(blocks::interleave_q8_0(&v, per_row))
             }
         };
         Ok(Self { rows, cols, blocks })
@@ -155,11 +158,11 @@ impl QMatrix {
     #[cfg(test)]
     pub fn quantize_q8_0(rows: usize, cols: usize, values: &[f32]) -> Self {
         assert!(cols.is_multiple_of(QK) && values.len() == rows * cols);
-        let blocks = values.chunks_exact(QK).map(BlockQ8_0::quantize).collect();
+        let blocks: Vec<_> = values.chunks_exact(QK).map(BlockQ8_0::quantize).collect();
         Self {
             rows,
             cols,
-            blocks: Blocks::Q8_0(blocks),
+            blocks: Blocks::Q8_0(blocks::interleave_q8_0(&blocks, cols / QK)),
         }
     }
 
@@ -185,14 +188,19 @@ impl QMatrix {
         self.cols / QK
     }
 
+    /// The blocks of group `g` (rows `8g..8g + 8`).
+    fn group(&self, g: usize) -> std::ops::Range<usize> {
+        g * self.blocks_per_row()..(g + 1) * self.blocks_per_row()
+    }
+
     /// Row `r` as f32: an embedding lookup reads only the rows it needs.
     #[inline]
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let span = r * self.blocks_per_row()..(r + 1) * self.blocks_per_row();
+        let (span, l) = (self.group(r / ROWS), r % ROWS);
         let outs = out.chunks_exact_mut(QK);
         match &self.blocks {
-            Blocks::Q4_1(b) => b[span].iter().zip(outs).for_each(|(b, o)| b.dequantize(o)),
-            Blocks::Q8_0(b) => b[span].iter().zip(outs).for_each(|(b, o)| b.dequantize(o)),
+            Blocks::Q4_1(b) => (b[span].iter().zip(outs)).for_each(|(b, o)| b.row(l).dequantize(o)),
+            Blocks::Q8_0(b) => (b[span].iter().zip(outs)).for_each(|(b, o)| b.row(l).dequantize(o)),
         }
     }
 
@@ -207,7 +215,7 @@ impl QMatrix {
         Self {
             rows: self.rows,
             cols: self.cols,
-            blocks: Blocks::Q8_0(blocks),
+            blocks: Blocks::Q8_0(blocks::interleave_q8_0(&blocks, self.blocks_per_row())),
         }
     }
 
@@ -226,86 +234,87 @@ impl QMatrix {
     ) {
         assert_eq!(x.blocks_per_row, self.blocks_per_row(), "inner dimensions");
         assert_eq!(out.len(), x.rows * self.rows, "output size");
-        let threads = pool.threads();
-        if x.rows >= FEW_ROWS.max(TILE * threads) {
-            let tiles: Vec<Mutex<&mut [f32]>> =
-                out.chunks_mut(TILE * self.rows).map(Mutex::new).collect();
-            pool.execute_chunked(tiles.len(), &|range| {
-                for t in range {
-                    let mut tile = tiles[t].lock().unwrap_or_else(|e| e.into_inner());
-                    self.tile(kernel, x, t * TILE, &mut tile);
-                }
-            });
-            return;
-        }
-        // A few rows (one token, or a batch of decoding sequences): the
-        // work is split over weight rows, and each chunk of weights meets
-        // every activation row while it is in cache, four at a time, so the
-        // matrix is read once whatever the number of rows.
-        let chunk = self.rows.div_ceil(threads * ITEMS_PER_THREAD).max(16);
+        // Work is split over groups of weight rows; each group meets the
+        // activation rows `TILE` at a time while its blocks are in cache, so
+        // the matrix is read once per `PANEL` rows, whatever the number of
+        // rows. Each output goes through the same operations whichever
+        // tile it falls in, so a row's products never depend on how many
+        // rows came with it.
+        let groups = self.rows.div_ceil(ROWS);
+        let chunk = groups.div_ceil(pool.threads() * ITEMS_PER_THREAD).max(2);
         let parts: Vec<Vec<Mutex<&mut [f32]>>> = out
             .chunks_mut(self.rows)
-            .map(|row| row.chunks_mut(chunk).map(Mutex::new).collect())
+            .map(|row| row.chunks_mut(chunk * ROWS).map(Mutex::new).collect())
             .collect();
-        let n_chunks = self.rows.div_ceil(chunk);
-        pool.execute_chunked(n_chunks, &|range| {
+        pool.execute_chunked(groups.div_ceil(chunk), &|range| {
             for c in range {
                 let mut outs: Vec<_> = parts
                     .iter()
                     .map(|row| row[c].lock().unwrap_or_else(|e| e.into_inner()))
                     .collect();
-                let first = c * chunk;
-                for j in 0..outs[0].len() {
-                    let mut i = 0;
-                    while i + TILE <= x.rows {
-                        let acts = [0, 1, 2, 3].map(|t| x.row(i + t));
-                        let v = self.dot::<TILE>(kernel, first + j, acts);
-                        for (t, v) in v.into_iter().enumerate() {
-                            outs[i + t][j] = v;
+                let mut outs: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut ***o).collect();
+                let mine = c * chunk..((c + 1) * chunk).min(groups);
+                for panel in (0..x.rows).step_by(PANEL) {
+                    let end = (panel + PANEL).min(x.rows);
+                    for (k, g) in mine.clone().enumerate() {
+                        let mut i = panel;
+                        while i < end {
+                            let n = (end - i).min(TILE);
+                            let rows = &mut outs[i..i + n];
+                            match n {
+                                4 => self.put::<4>(kernel, g, x, i, k, rows),
+                                3 => self.put::<3>(kernel, g, x, i, k, rows),
+                                2 => self.put::<2>(kernel, g, x, i, k, rows),
+                                _ => self.put::<1>(kernel, g, x, i, k, rows),
+                            }
+                            i += n;
                         }
-                        i += TILE;
-                    }
-                    for (i, out) in outs.iter_mut().enumerate().skip(i) {
-                        out[j] = self.dot::<1>(kernel, first + j, [x.row(i)])[0];
                     }
                 }
             }
         });
     }
 
-    /// Activation rows `first..` (at most `TILE`) against every weight row.
-    fn tile(&self, kernel: Kernel, x: &Activations, first: usize, out: &mut [f32]) {
-        let n = out.len() / self.rows;
-        for r in 0..self.rows {
-            if n == TILE {
-                let acts = [0, 1, 2, 3].map(|i| x.row(first + i));
-                for (i, v) in self.dot::<TILE>(kernel, r, acts).into_iter().enumerate() {
-                    out[i * self.rows + r] = v;
-                }
-            } else {
-                for i in 0..n {
-                    out[i * self.rows + r] = self.dot::<1>(kernel, r, [x.row(first + i)])[0];
-                }
-            }
+    /// Group `g` against activation rows `first..first + N`, written to the
+    /// `k`th group of each row's part of the output.
+    fn put<const N: usize>(
+        &self,
+        kernel: Kernel,
+        g: usize,
+        x: &Activations,
+        first: usize,
+        k: usize,
+        outs: &mut [&mut [f32]],
+    ) {
+        let acts: [&[BlockQ8]; N] = std::array::from_fn(|i| x.row(first + i));
+        for (lanes, out) in self.dot::<N>(kernel, g, acts).iter().zip(outs) {
+            let out = &mut out[k * ROWS..];
+            let n = out.len().min(ROWS);
+            out[..n].copy_from_slice(&lanes[..n]);
         }
     }
 
-    fn dot<const N: usize>(&self, kernel: Kernel, r: usize, acts: [&[BlockQ8]; N]) -> [f32; N] {
-        let span = r * self.blocks_per_row()..(r + 1) * self.blocks_per_row();
+    fn dot<const N: usize>(
+        &self,
+        kernel: Kernel,
+        g: usize,
+        acts: [&[BlockQ8]; N],
+    ) -> [[f32; ROWS]; N] {
+        let span = self.group(g);
         match (&self.blocks, kernel) {
             (Blocks::Q4_1(b), Kernel::Portable) => {
-                acts.map(|a| blocks::dot_q4_1(&b[span.clone()], a))
+                acts.map(|a| blocks::dot_q4_1x8(&b[span.clone()], a))
             }
             (Blocks::Q8_0(b), Kernel::Portable) => {
-                acts.map(|a| blocks::dot_q8_0(&b[span.clone()], a))
+                acts.map(|a| blocks::dot_q8_0x8(&b[span.clone()], a))
             }
             // SAFETY: `Kernel::Avx2` is only chosen when the CPU has AVX2, FMA
             // and F16C (`x86::available`).
             #[cfg(target_arch = "x86_64")]
-            (Blocks::Q4_1(b), Kernel::Avx2) => unsafe { x86::dot_q4_1::<N>(&b[span], acts) },
+            (Blocks::Q4_1(b), Kernel::Avx2) => unsafe { x86::dot_q4_1x8::<N>(&b[span], acts) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            (Blocks::Q8_0(b), Kernel::Avx2) => unsafe { x86::dot_q8_0::<N>(&b[span], acts) },
+            (Blocks::Q8_0(b), Kernel::Avx2) => unsafe { x86::dot_q8_0x8::<N>(&b[span], acts) },
         }
     }
 }
@@ -358,6 +367,71 @@ pub(crate) fn weighted_sum_with(
             x86::weighted_sum(w, values, stride, out)
         },
         _ => blocks::weighted_sum(w, values, stride, out),
+    }
+}
+
+/// Attention scores of the query heads that share one key/value head
+/// (`q`: `q.len() / hd` heads of `hd`, one after another) against the keys
+/// of that head, stored as f16 one after another: `out[g * n + j] = scale *
+/// (query g · key j)` for `n = keys.len() / hd` keys. Each key is read once
+/// for every query of its group.
+#[inline]
+pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
+    scores_f16_with(Kernel::detect(), q, keys, hd, scale, out);
+}
+
+pub(crate) fn scores_f16_with(
+    kernel: Kernel,
+    q: &[f32],
+    keys: &[f16],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    assert!(hd > 0 && q.len().is_multiple_of(hd) && keys.len().is_multiple_of(hd));
+    assert_eq!(
+        out.len(),
+        q.len() / hd * (keys.len() / hd),
+        "one score per query and key"
+    );
+    match kernel {
+        // SAFETY: chosen only when AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if hd.is_multiple_of(8) && !keys.is_empty() => unsafe {
+            x86::scores_f16(q, keys, hd, scale, out)
+        },
+        _ => blocks::scores_f16(q, keys, hd, scale, out),
+    }
+}
+
+/// The values of one key/value head (f16, `hd` each, one after another)
+/// weighted by each query head's weights (`w`: one row of `n` per query)
+/// and summed: `out[g * hd..][..hd] = sum_j w[g * n + j] * value j`.
+#[inline]
+pub fn weighted_sum_f16(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    weighted_sum_f16_with(Kernel::detect(), w, values, hd, out);
+}
+
+pub(crate) fn weighted_sum_f16_with(
+    kernel: Kernel,
+    w: &[f32],
+    values: &[f16],
+    hd: usize,
+    out: &mut [f32],
+) {
+    assert!(hd > 0 && out.len().is_multiple_of(hd) && values.len().is_multiple_of(hd));
+    assert_eq!(
+        w.len(),
+        out.len() / hd * (values.len() / hd),
+        "one weight per query and value"
+    );
+    match kernel {
+        // SAFETY: chosen only when AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if hd.is_multiple_of(8) && !values.is_empty() => unsafe {
+            x86::weighted_sum_f16(w, values, hd, out)
+        },
+        _ => blocks::weighted_sum_f16(w, values, hd, out),
     }
 }
 

@@ -26,6 +26,17 @@ impl Rng {
 /// A Q4_1 matrix as a GGUF file would hold it, from random scales and
 /// nibbles, read through `QMatrix::read`.
 fn random_q4_1(rng: &mut Rng, rows: usize, cols: usize) -> QMatrix {
+    let bytes = random_q4_1_bytes(rng, rows, cols);
+    QMatrix::read(
+        &mut std::io::Cursor::new(bytes),
+        Format::Q4_1,
+        cols,
+        &[(0, rows)],
+    )
+    .unwrap()
+}
+
+fn random_q4_1_bytes(rng: &mut Rng, rows: usize, cols: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
     for _ in 0..rows * cols / QK {
         let d = half::f16::from_f32(0.01 + 0.02 * rng.unit().abs());
@@ -34,13 +45,7 @@ fn random_q4_1(rng: &mut Rng, rows: usize, cols: usize) -> QMatrix {
         bytes.extend(m.to_bits().to_le_bytes());
         bytes.extend((0..16).map(|_| rng.next() as u8));
     }
-    QMatrix::read(
-        &mut std::io::Cursor::new(bytes),
-        Format::Q4_1,
-        cols,
-        &[(0, rows)],
-    )
-    .unwrap()
+    bytes
 }
 
 fn dequantized(m: &QMatrix) -> Vec<f32> {
@@ -110,12 +115,10 @@ fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
     }
 }
 
-/// Row counts that take every path: one token (rows split over threads), a
-/// few tokens (one product each), and a prompt (tiles of four, plus a
-/// remainder tile).
-/// One token; batches of decoding sequences (whole and partial tiles of
-/// four, split over weight rows); prompts (tiles of rows).
-const TOKENS: [usize; 6] = [1, 3, 8, 13, 33, 38];
+/// Row counts that take every path: one token; batches of decoding
+/// sequences (whole tiles of four and each size of remainder); prompts of
+/// one panel and of two.
+const TOKENS: [usize; 7] = [1, 3, 6, 8, 13, 38, 70];
 
 #[test]
 fn q4_1_products_match_f32_on_the_dequantized_weights() {
@@ -151,14 +154,10 @@ fn simd_kernels_agree_with_the_portable_ones() {
     for m in [&q4, &q8] {
         for n in TOKENS {
             let x = rng.values(n * cols, 3.0);
+            // Same integer sums, and the same f32 operations in the same
+            // order: the same bits.
             let portable = product(m, Kernel::Portable, &x, n);
-            // Same integer sums; only the order of f32 additions differs.
-            assert_close(
-                &product(m, Kernel::detect(), &x, n),
-                &portable,
-                1e-4,
-                "simd",
-            );
+            assert_eq!(product(m, Kernel::detect(), &x, n), portable, "{n} rows");
         }
     }
 }
@@ -218,6 +217,48 @@ fn attention_kernels_agree_with_the_portable_ones() {
 }
 
 #[test]
+fn f16_attention_kernels_agree_with_f32_on_the_rounded_values() {
+    let mut rng = Rng(17);
+    // Whole octets of keys, a remainder, fewer than eight; groups of one
+    // and three queries; head sizes that are and are not multiples of 8.
+    for (hd, n, group) in [
+        (64, 16, 3),
+        (64, 7, 1),
+        (64, 29, 3),
+        (128, 3, 2),
+        (40, 9, 3),
+        (12, 5, 1),
+    ] {
+        let q = rng.values(group * hd, 1.0);
+        let keys: Vec<f16> = rng
+            .values(n * hd, 1.0)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let wide: Vec<f32> = keys.iter().map(|v| v.to_f32()).collect();
+        let mut want = vec![0f32; group * n];
+        for (qg, out) in q.chunks(hd).zip(want.chunks_mut(n)) {
+            blocks::scores(qg, &wide, hd, 0.125, out);
+        }
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            let mut got = vec![f32::NAN; group * n];
+            scores_f16_with(kernel, &q, &keys, hd, 0.125, &mut got);
+            assert_close(&got, &want, 1e-5, "f16 scores");
+        }
+        let w = rng.values(group * n, 1.0);
+        let mut want = vec![0f32; group * hd];
+        for (wg, out) in w.chunks(n).zip(want.chunks_mut(hd)) {
+            blocks::weighted_sum(wg, &wide, hd, out);
+        }
+        for kernel in [Kernel::Portable, Kernel::detect()] {
+            let mut got = vec![f32::NAN; group * hd];
+            weighted_sum_f16_with(kernel, &w, &keys, hd, &mut got);
+            assert_close(&got, &want, 1e-5, "f16 weighted sum");
+        }
+    }
+}
+
+#[test]
 fn q8_0_quantization_round_trips_within_half_a_step() {
     let mut rng = Rng(3);
     let (rows, cols) = (5, 64);
@@ -242,17 +283,27 @@ fn q8_0_quantization_round_trips_within_half_a_step() {
 #[test]
 fn stacked_reads_and_requantized_matrices_keep_their_rows() {
     let mut rng = Rng(5);
-    let (a, b) = (random_q4_1(&mut rng, 3, 64), random_q4_1(&mut rng, 2, 64));
-    // A file holding b then a, read back as one matrix of a's rows then b's.
-    let bytes = |m: &QMatrix| match &m.blocks {
-        Blocks::Q4_1(v) => bytemuck::cast_slice::<_, u8>(v).to_vec(),
-        Blocks::Q8_0(v) => bytemuck::cast_slice::<_, u8>(v).to_vec(),
+    let (a_bytes, b_bytes) = (
+        random_q4_1_bytes(&mut rng, 11, 64),
+        random_q4_1_bytes(&mut rng, 2, 64),
+    );
+    let read = |bytes: &[u8], rows| {
+        QMatrix::read(
+            &mut std::io::Cursor::new(bytes),
+            Format::Q4_1,
+            64,
+            &[(0, rows)],
+        )
+        .unwrap()
     };
-    let file = [bytes(&b), bytes(&a)].concat();
-    let at = bytes(&b).len() as u64;
+    let (a, b) = (read(&a_bytes, 11), read(&b_bytes, 2));
+    // A file holding b then a, read back as one matrix of a's rows then b's:
+    // the second part starts inside a group of eight.
+    let file = [b_bytes.clone(), a_bytes].concat();
+    let at = b_bytes.len() as u64;
     let mut reader = std::io::Cursor::new(file);
-    let stacked = QMatrix::read(&mut reader, Format::Q4_1, 64, &[(at, 3), (0, 2)]).unwrap();
-    assert_eq!((stacked.rows(), stacked.cols()), (5, 64));
+    let stacked = QMatrix::read(&mut reader, Format::Q4_1, 64, &[(at, 11), (0, 2)]).unwrap();
+    assert_eq!((stacked.rows(), stacked.cols()), (13, 64));
     let (wa, wb) = (dequantized(&a), dequantized(&b));
     assert_eq!(dequantized(&stacked), [wa.clone(), wb].concat());
     let q8 = a.to_q8_0();

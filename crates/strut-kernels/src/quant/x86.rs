@@ -1,16 +1,19 @@
 //! AVX2 versions of the kernels in `blocks`, in the llama.cpp style: 4-bit
-//! weights are widened to bytes, multiplied with the 8-bit activations by
-//! `maddubs` (u8 x i8 pairs into i16), summed into i32 lanes and scaled into
-//! f32 accumulators once per block. A weight block is unpacked once for all
-//! `N` activation rows, which is what makes prompt processing cheaper than
-//! `N` separate products.
+//! weights are widened to bytes and multiplied with the 8-bit activations
+//! by `maddubs` (u8 x i8 pairs into i16). Weights come in groups of eight
+//! interleaved rows, one i32 lane per row: four bytes of an activation row
+//! are broadcast to every lane, so a block's sums need no horizontal adds
+//! and are scaled once per eight rows. A group's blocks are unpacked once
+//! for all `N` activation rows.
 //!
 //! Each function needs AVX2, FMA and F16C; `available` says whether the CPU
 //! has them (never AMX, which these machines advertise but fault on).
 
 use std::arch::x86_64::*;
 
-use super::blocks::{BlockQ4_1, BlockQ8, BlockQ8_0};
+use half::f16;
+
+use super::blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0x8, ROWS};
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -26,75 +29,82 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// Both f16 scales of a Q4_1 block as f32.
+/// Eight f16 scales, one per row of a group, as f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scales(d: u16, m: u16) -> (f32, f32) {
-    let both = _mm_cvtph_ps(_mm_cvtsi32_si128((d as u32 | (m as u32) << 16) as i32));
-    (_mm_cvtss_f32(both), _mm_cvtss_f32(_mm_movehdup_ps(both)))
+fn scales(bits: [u16; ROWS]) -> __m256 {
+    _mm256_cvtph_ps(bytemuck::cast(bits))
 }
 
+/// Four activations starting at column `c` of a block, in every i32 lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn activations(a: &BlockQ8) -> __m256i {
-    bytemuck::cast(a.qs)
+fn broadcast4(a: &BlockQ8, c: usize) -> __m256i {
+    let bytes: [i8; 4] = [a.qs[c], a.qs[c + 1], a.qs[c + 2], a.qs[c + 3]];
+    _mm256_set1_epi32(i32::from_le_bytes(bytemuck::cast(bytes)))
 }
 
-/// Q4_1 weight row `w` against `N` activation rows.
+/// A group of eight Q4_1 rows against `N` activation rows: per block and
+/// activation row, eight `maddubs` of 4 columns x 8 rows summed in i16
+/// lanes (at most 16 products of 15 x 127 each, which fit), one widening,
+/// and one fused multiply-add each for the scale and the offset; no
+/// horizontal sums, each lane being a weight row.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q4_1<const N: usize>(w: &[BlockQ4_1], a: [&[BlockQ8]; N]) -> [f32; N] {
+pub fn dot_q4_1x8<const N: usize>(w: &[BlockQ4_1x8], a: [&[BlockQ8]; N]) -> [[f32; ROWS]; N] {
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut offsets = [0f32; N];
     for (b, block) in w.iter().enumerate() {
-        let packed: __m128i = bytemuck::cast(block.qs);
-        let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-        let (d, m) = scales(block.d, block.m);
+        let packed: [__m256i; 4] = bytemuck::cast(block.qs);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for (p, &packed) in packed.iter().enumerate() {
+            let lo = _mm256_and_si256(packed, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+            for i in 0..N {
+                let act = &a[i][b];
+                let plo = _mm256_maddubs_epi16(lo, broadcast4(act, 4 * p));
+                let phi = _mm256_maddubs_epi16(hi, broadcast4(act, 16 + 4 * p));
+                sums[i] = _mm256_add_epi16(sums[i], _mm256_add_epi16(plo, phi));
+            }
+        }
+        let (d, m) = (scales(block.d), scales(block.m));
         for i in 0..N {
             let act = &a[i][b];
-            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, activations(act)), ones);
-            acc[i] = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * act.d),
-                _mm256_cvtepi32_ps(products),
-                acc[i],
-            );
-            offsets[i] += m * act.s;
+            let sumi = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[i], ones));
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d));
+            acc[i] = _mm256_fmadd_ps(sumi, scale, acc[i]);
+            acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(act.s), acc[i]);
         }
     }
-    let mut out = [0f32; N];
-    for i in 0..N {
-        out[i] = hsum(acc[i]) + offsets[i];
-    }
-    out
+    acc.map(bytemuck::cast)
 }
 
-/// Q8_0 weight row `w` against `N` activation rows.
+/// A group of eight Q8_0 rows against `N` activation rows. `maddubs` wants
+/// one unsigned operand: |w| against the activations with w's signs; a pair
+/// of such products can reach 2 x 128 x 127, so each is widened to i32 at
+/// once.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8]; N]) -> [f32; N] {
+pub fn dot_q8_0x8<const N: usize>(w: &[BlockQ8_0x8], a: [&[BlockQ8]; N]) -> [[f32; ROWS]; N] {
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, block) in w.iter().enumerate() {
-        let qx: __m256i = bytemuck::cast(block.qs);
-        // maddubs wants one unsigned operand: |x| against y with x's sign.
-        let ax = _mm256_sign_epi8(qx, qx);
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(block.d as i32)));
+        let packed: [__m256i; 8] = bytemuck::cast(block.qs);
+        let mut sums = [_mm256_setzero_si256(); N];
+        for (j, &qw) in packed.iter().enumerate() {
+            let aw = _mm256_sign_epi8(qw, qw);
+            for i in 0..N {
+                let sy = _mm256_sign_epi8(broadcast4(&a[i][b], 4 * j), qw);
+                let products = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sy), ones);
+                sums[i] = _mm256_add_epi32(sums[i], products);
+            }
+        }
+        let d = scales(block.d);
         for i in 0..N {
-            let act = &a[i][b];
-            let sy = _mm256_sign_epi8(activations(act), qx);
-            let products = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-            acc[i] = _mm256_fmadd_ps(
-                _mm256_set1_ps(d * act.d),
-                _mm256_cvtepi32_ps(products),
-                acc[i],
-            );
+            let scale = _mm256_mul_ps(d, _mm256_set1_ps(a[i][b].d));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i]), scale, acc[i]);
         }
     }
-    let mut out = [0f32; N];
-    for i in 0..N {
-        out[i] = hsum(acc[i]);
-    }
-    out
+    acc.map(bytemuck::cast)
 }
 
 #[inline(always)]
@@ -148,6 +158,78 @@ pub fn weighted_sum(w: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
         }
         for (l, chunk) in o.chunks_exact_mut(8).enumerate() {
             chunk.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(acc[l]));
+        }
+    }
+}
+
+/// Eight f16 values as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load8h(x: &[f16]) -> __m256 {
+    let bits: [f16; 8] = x[..8].try_into().unwrap_or([f16::ZERO; 8]);
+    _mm256_cvtph_ps(bytemuck::cast(bits))
+}
+
+/// `scores_f16`: eight keys at a time, each summed in its own register
+/// and the eight sums reduced together by a transposing tree of `hadd`s
+/// (seven shuffles for eight scores, where a horizontal sum per key costs
+/// five); the eight keys stay in L1 for every query of the group.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
+    let n = keys.len() / hd;
+    let scale_v = _mm256_set1_ps(scale);
+    let full = n - n % 8;
+    for j0 in (0..full).step_by(8) {
+        let octet = &keys[j0 * hd..(j0 + 8) * hd];
+        for (g, qg) in q.chunks_exact(hd).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (a, key) in acc.iter_mut().zip(octet.chunks_exact(hd)) {
+                for (qc, kc) in qg.chunks_exact(8).zip(key.chunks_exact(8)) {
+                    *a = _mm256_fmadd_ps(load8(qc), load8h(kc), *a);
+                }
+            }
+            let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+            let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+            let (u0, u1) = (_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));
+            let sums = _mm256_add_ps(
+                _mm256_permute2f128_ps(u0, u1, 0x20),
+                _mm256_permute2f128_ps(u0, u1, 0x31),
+            );
+            let v: [f32; 8] = bytemuck::cast(_mm256_mul_ps(sums, scale_v));
+            out[g * n + j0..][..8].copy_from_slice(&v);
+        }
+    }
+    for (j, key) in keys.chunks_exact(hd).enumerate().skip(full) {
+        for (g, qg) in q.chunks_exact(hd).enumerate() {
+            let mut acc = _mm256_setzero_ps();
+            for (qc, kc) in qg.chunks_exact(8).zip(key.chunks_exact(8)) {
+                acc = _mm256_fmadd_ps(load8(qc), load8h(kc), acc);
+            }
+            out[g * n + j] = hsum(acc) * scale;
+        }
+    }
+}
+
+/// `weighted_sum_f16`, 32 columns of a query at a time in registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn weighted_sum_f16(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    let n = values.len() / hd;
+    for (wg, og) in w.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
+        for (block, o) in og.chunks_mut(32).enumerate() {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let lanes = o.len() / 8;
+            for (&wj, value) in wg.iter().zip(values.chunks_exact(hd)) {
+                let wv = _mm256_set1_ps(wj);
+                let cols = &value[block * 32..];
+                for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm256_fmadd_ps(wv, load8h(&cols[8 * l..]), *a);
+                }
+            }
+            for (l, chunk) in o.chunks_exact_mut(8).enumerate() {
+                chunk.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(acc[l]));
+            }
         }
     }
 }
