@@ -17,8 +17,7 @@ mod x86;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::{Mutex, OnceLock};
 
-use blocks::{BlockQ4_1, BlockQ4_1x8, BlockQ8, BlockQ8_0, BlockQ8_0x8, QK, ROWS};
-use bytemuck::Zeroable;
+use blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0, BlockQ8_0x8, QK, ROWS};
 use half::f16;
 
 use crate::Pool;
@@ -111,7 +110,9 @@ const ITEMS_PER_THREAD: usize = 8;
 
 impl QMatrix {
     /// Reads the matrices of `format` and width `cols` that start at each
-    /// `(offset, rows)` of a GGUF file, stacked into one and interleaved.
+    /// `(offset, rows)` of a GGUF file, stacked into one and interleaved
+    /// eight rows at a time, so that loading needs no second copy of a
+    /// matrix.
     pub fn read(
         reader: &mut (impl Read + Seek),
         format: Format,
@@ -124,32 +125,20 @@ impl QMatrix {
             )));
         }
         let rows = parts.iter().map(|(_, rows)| rows).sum::<usize>();
-        fn fill<T: bytemuck::Pod>(
-            reader: &mut (impl Read + Seek),
-            mut blocks: &mut [T],
-            parts: &[(u64, usize)],
-            per_row: usize,
-        ) -> std::io::Result<()> {
-            for &(offset, rows) in parts {
-                let (part, rest) = blocks.split_at_mut(rows * per_row);
-                reader.seek(SeekFrom::Start(offset))?;
-                reader.read_exact(bytemuck::cast_slice_mut(part))?;
-                blocks = rest;
-            }
-            Ok(())
-        }
-        let (n, per_row) = (rows * cols / QK, cols / QK);
+        let per_row = cols / QK;
         let blocks = match format {
-            Format::Q4_1 => {
-                let mut v = vec![BlockQ4_1::zeroed(); n];
-                fill(reader, &mut v, parts, per_row)?;
-                Blocks::Q4_1(blocks::interleave_q4_1(&v, per_row))
-            }
-            Format::Q8_0 => {
-                let mut v = vec![BlockQ8_0::zeroed(); n];
-                fill(reader, &mut v, parts, per_row)?;
-                Blocks::Q8_0(blocks::interleave_q8_0(&v, per_row))
-            }
+            Format::Q4_1 => Blocks::Q4_1(read_groups(
+                reader,
+                parts,
+                per_row,
+                blocks::interleave_q4_1,
+            )?),
+            Format::Q8_0 => Blocks::Q8_0(read_groups(
+                reader,
+                parts,
+                per_row,
+                blocks::interleave_q8_0,
+            )?),
         };
         Ok(Self { rows, cols, blocks })
     }
@@ -317,6 +306,38 @@ impl QMatrix {
             (Blocks::Q8_0(b), Kernel::Avx2) => unsafe { x86::dot_q8_0x8::<N>(&b[span], acts) },
         }
     }
+}
+
+/// The rows of `parts` (blocks of type `T`, `per_row` to a row), eight at a
+/// time through `pack`, whose groups are appended in order.
+fn read_groups<T: bytemuck::Pod, P>(
+    reader: &mut (impl Read + Seek),
+    parts: &[(u64, usize)],
+    per_row: usize,
+    pack: fn(&[T], usize) -> Vec<P>,
+) -> std::io::Result<Vec<P>> {
+    let rows: usize = parts.iter().map(|(_, rows)| rows).sum();
+    let mut out = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
+    let mut group: Vec<T> = Vec::with_capacity(ROWS * per_row);
+    for &(offset, rows) in parts {
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut left = rows;
+        while left > 0 {
+            let take = (ROWS - group.len() / per_row).min(left);
+            let start = group.len();
+            group.resize(start + take * per_row, T::zeroed());
+            reader.read_exact(bytemuck::cast_slice_mut(&mut group[start..]))?;
+            left -= take;
+            if group.len() == ROWS * per_row {
+                out.extend(pack(&group, per_row));
+                group.clear();
+            }
+        }
+    }
+    if !group.is_empty() {
+        out.extend(pack(&group, per_row));
+    }
+    Ok(out)
 }
 
 /// Attention scores of query `q` against `out.len()` keys, `stride` apart
