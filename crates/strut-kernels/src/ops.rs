@@ -1,5 +1,5 @@
 //! The element-wise parts of the CPU BERT (layer norm, GELU, softmax) and
-//! of the CPU Llama (SwiGLU, softmax). Each
+//! of the CPU Llama (SwiGLU). Each
 //! is written so that LLVM vectorises it (no libm calls in the loops, sums
 //! kept in 16 lanes) and compiled a second time for AVX-512 hosts; libm's
 //! scalar `erff` alone was 15% of a batch in candle's forward.

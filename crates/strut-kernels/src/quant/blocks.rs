@@ -41,7 +41,7 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
-fn f16_round(x: f32) -> f32 {
+pub fn f16_round(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 

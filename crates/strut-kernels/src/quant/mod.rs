@@ -90,7 +90,7 @@ impl Activations {
         self.blocks.clear();
         self.blocks
             .resize(rows * self.blocks_per_row, BlockQ8::default());
-        blocks::quantize_activations(x, &mut self.blocks);
+        quantize_with(Kernel::detect(), x, &mut self.blocks);
     }
 
     fn row(&self, i: usize) -> &[BlockQ8] {
@@ -305,6 +305,17 @@ impl QMatrix {
             #[cfg(target_arch = "x86_64")]
             (Blocks::Q8_0(b), Kernel::Avx2) => unsafe { x86::dot_q8_0x8::<N>(&b[span], acts) },
         }
+    }
+}
+
+/// `blocks::quantize_activations`, with the CPU's SIMD where it has it: the
+/// same bits either way.
+fn quantize_with(kernel: Kernel, x: &[f32], out: &mut [BlockQ8]) {
+    match kernel {
+        // SAFETY: chosen only when AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { x86::quantize_activations(x, out) },
+        _ => blocks::quantize_activations(x, out),
     }
 }
 

@@ -217,6 +217,29 @@ fn attention_kernels_agree_with_the_portable_ones() {
 }
 
 #[test]
+fn simd_activation_quantization_is_the_portable_one() {
+    let mut rng = Rng(19);
+    let mut x = rng.values(32 * 40, 3.0);
+    // A block of zeros, one of ties (halves), one of huge and tiny values.
+    x[32..64].fill(0.0);
+    for (i, v) in x[64..96].iter_mut().enumerate() {
+        *v = (i as f32 - 15.5) * 127.0 / 16.5 / 2.0;
+    }
+    x[96] = 1e30;
+    x[97] = -1e-30;
+    let (mut portable, mut simd) = (vec![BlockQ8::default(); 40], vec![BlockQ8::default(); 40]);
+    blocks::quantize_activations(&x, &mut portable);
+    quantize_with(Kernel::detect(), &x, &mut simd);
+    for (i, (p, s)) in portable.iter().zip(&simd).enumerate() {
+        assert_eq!(
+            (p.qs, p.d.to_bits(), p.s.to_bits()),
+            (s.qs, s.d.to_bits(), s.s.to_bits()),
+            "block {i}"
+        );
+    }
+}
+
+#[test]
 fn f16_attention_kernels_agree_with_f32_on_the_rounded_values() {
     let mut rng = Rng(17);
     // Whole octets of keys, a remainder, fewer than eight; groups of one

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0x8, ROWS};
+use super::blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0x8, QK, ROWS, f16_round};
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -105,6 +105,43 @@ pub fn dot_q8_0x8<const N: usize>(w: &[BlockQ8_0x8], a: [&[BlockQ8]; N]) -> [[f3
         }
     }
     acc.map(bytemuck::cast)
+}
+
+/// `blocks::quantize_activations`, to the same bits: the largest magnitude
+/// by a tree of `max`, `cvtps` rounding to nearest even as the portable
+/// magic-number addition does, and two saturating packs (exact: every value
+/// is within +-127) to bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_activations(x: &[f32], out: &mut [BlockQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (block, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let v = [0, 8, 16, 24].map(|c| load8(&xs[c..]));
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| {
+            _mm256_max_ps(m, _mm256_andnot_ps(sign, v))
+        });
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
+        let sums = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sums),
+            _mm256_extracti128_si256(sums, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)));
+        // packs work within 128-bit halves; the permutation restores order.
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        block.qs = bytemuck::cast(_mm256_permutevar8x32_epi32(bytes, order));
+        block.d = f16_round(d);
+        block.s = f16_round(d * sum as f32);
+    }
 }
 
 #[inline(always)]
