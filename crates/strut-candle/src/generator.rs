@@ -32,10 +32,12 @@ const DEFAULT_MAX_TOKENS: usize = 256;
 const DEFAULT_QUEUE: usize = 64;
 const DEFAULT_MAX_BATCH: usize = 16;
 /// Tokens per forward pass on the CPU. Small steps keep every stream moving
-/// while prompts arrive: on SmolLM2 with 2 cores, 64 put eight concurrent
-/// 100-token prompts' median TTFT at 2.8x a lone one's (256: 4.8x) and gave
-/// the most aggregate tok/s of 32, 48, 64, 128 and 256 (benches/batching.py).
-const DEFAULT_STEP_TOKENS_CPU: usize = 64;
+/// while prompts arrive: on SmolLM2 with 2 cores and the interleaved
+/// kernels, 48 put eight concurrent 100-token prompts' median TTFT at
+/// 2.5-2.8x a lone one's (64: 3.35-3.5x; 256 before those kernels: 4.8x)
+/// and gave the most aggregate tok/s of 32, 48 and 64
+/// (benches/batching.py --steps).
+const DEFAULT_STEP_TOKENS_CPU: usize = 48;
 /// On a GPU a forward pass costs little more for more rows.
 const DEFAULT_STEP_TOKENS_GPU: usize = 512;
 

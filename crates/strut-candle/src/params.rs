@@ -22,8 +22,8 @@
 //!     max_batch_size: 16             # sequences decoded together (continuous batching)
 //!     kv_cache_tokens: 16384         # KV budget in positions, running sequences and prefix cache
 //!                                    #   together (default: a quarter of available memory)
-//!     max_step_tokens: 64            # tokens per forward pass: one per decoding sequence, the rest prompt
-//!                                    #   chunks (default 64 on the CPU, 512 on a GPU)
+//!     max_step_tokens: 48            # tokens per forward pass: one per decoding sequence, the rest prompt
+//!                                    #   chunks (default 48 on the CPU, 512 on a GPU)
 //!     prefix_cache: true             # reuse the KV of shared prompt prefixes
 //!     chat_template: tools.jinja     # a Jinja file in the model's data/ folder (or an absolute
 //!                                    #   path) in place of the weights' own template, as vLLM's
