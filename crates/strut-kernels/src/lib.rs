@@ -4,10 +4,12 @@
 //! - [`Dense`]: f32 linear layers with weights packed once, multiplied by a
 //!   register-tile kernel (AVX-512 where the CPU has it);
 //! - [`ops`]: the element-wise parts of a BERT layer (layer norm, GELU,
-//!   softmax), built twice, baseline and AVX-512;
-//! - [`QMatrix`]: GGUF Q4_1 / Q8_0 matrices kept as stored, multiplied in the
-//!   llama.cpp manner (AVX2), and attention's [`scores`] and
-//!   [`weighted_sum`];
+//!   softmax) and Llama's SwiGLU, built twice, baseline and AVX-512;
+//! - [`QMatrix`]: GGUF Q4_1 / Q8_0 matrices kept in their blocks, in groups
+//!   of eight interleaved rows, multiplied in the llama.cpp manner (AVX2),
+//!   and attention's [`scores`] and [`weighted_sum`] over f32 keys and
+//!   values, [`scores_f16`] and [`weighted_sum_f16`] over an f16 KV cache
+//!   (filled by [`extend_f16`]);
 //! - [`MappedFile`]: a read-only map of a weights file;
 //! - [`release_free_memory`]: the heap's free pages back to the system.
 //!

@@ -1,4 +1,4 @@
-//! Quantized weight matrices (GGUF Q4_1 and Q8_0 blocks, kept as stored) and
+//! Quantized weight matrices (GGUF Q4_1 and Q8_0 blocks, never expanded) and
 //! their products with f32 activations on the CPU, in the llama.cpp manner:
 //! each activation row is quantized to 8-bit blocks once, then every weight
 //! row is an integer dot product per block. candle 0.11 has no SIMD kernel
