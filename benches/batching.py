@@ -26,7 +26,7 @@ medians of tok/s and TTFT p50 and their c=8 / c=1 ratios.
 The binaries: target/release/strut (built when missing) and llama-server from
 ../shared/peers/llama-server.sh (~/.cache/strut-peers), or $LLAMA_SERVER.
 """
-import argparse, http.client, json, os, shutil, signal, socket, statistics, subprocess, sys
+import argparse, http.client, json, os, re, shutil, signal, socket, statistics, subprocess, sys
 import tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,11 +129,16 @@ def strut_server(model_dir, overrides=None, binary=None, name="strut"):
     if overrides:
         tmp = tempfile.mkdtemp(prefix="bench-model-")
         text = open(os.path.join(model_dir, "config.yaml")).read()
+        # Every setting lands beside max_step_tokens, whatever its value: an
+        # override that matched nothing would compare a server with itself.
+        line = re.compile(r"^    max_step_tokens: \d+\n", re.M)
+        if not line.search(text):
+            sys.exit(f"no max_step_tokens line in {model_dir}/config.yaml to override beside")
         for key, value in overrides.items():
             if key == "max_step_tokens":
-                text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: {value}\n")
+                text = line.sub(f"    max_step_tokens: {value}\n", text)
             else:
-                text = text.replace("    max_step_tokens: 64\n", f"    max_step_tokens: 64\n    {key}: {value}\n")
+                text = line.sub(lambda m: f"{m.group(0)}    {key}: {value}\n", text)
         open(os.path.join(tmp, "config.yaml"), "w").write(text)
         model_dir = tmp
     port = free_port()
