@@ -484,10 +484,16 @@ mod tests {
             .unwrap()
     }
 
+    /// The cache is f16: where candle's dense product gives a row other
+    /// last bits for another row count (on AVX-512 hosts it does, for most
+    /// outputs), a key can round to the neighbouring f16, half a part in a
+    /// thousand, which moved these logits by up to 5e-4 on a Zen 4. A wrong
+    /// position or cache would move them far more. (The quantized kernels of the
+    /// GGUF path give a row the same bits whatever the batch.)
     fn close(a: &[f32], b: &[f32]) {
         assert_eq!(a.len(), b.len());
         for (a, b) in a.iter().zip(b) {
-            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            assert!((a - b).abs() < 2e-3, "{a} vs {b}");
         }
     }
 
