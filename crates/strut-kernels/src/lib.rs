@@ -6,7 +6,8 @@
 //! - [`ops`]: the element-wise parts of a BERT layer (layer norm, GELU,
 //!   softmax) and Llama's SwiGLU, built twice, baseline and AVX-512;
 //! - [`QMatrix`]: GGUF Q4_1 / Q8_0 matrices kept in their blocks, in groups
-//!   of eight interleaved rows, multiplied in the llama.cpp manner (AVX2),
+//!   of eight interleaved rows, multiplied in the llama.cpp manner (AVX2, or
+//!   AVX-512 VNNI's `dpbusd` where the CPU has it),
 //!   and attention's [`scores`] and [`weighted_sum`] over f32 keys and
 //!   values, [`scores_f16`] and [`weighted_sum_f16`] over an f16 KV cache
 //!   (filled by [`extend_f16`]);

@@ -29,11 +29,14 @@ pub struct BlockQ8_0 {
 /// 32 activations as signed 8-bit `q`, read as `q * d`, with `s = d * sum(q)`
 /// so that a Q4_1 block's offset `m` costs one multiply per block. The same
 /// form serves Q8_0 weights, which ignore `s` (llama.cpp's Q8_1 and Q8_0).
+/// `sum` is `sum(q)` itself: the VNNI kernel multiplies Q8_0 weights shifted
+/// to unsigned bytes and takes `128 * sum` back off, exactly.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(4))]
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
+    pub sum: i32,
     pub qs: [i8; QK],
 }
 
@@ -64,6 +67,7 @@ pub fn quantize_activations(x: &[f32], out: &mut [BlockQ8]) {
         }
         block.d = f16_round(d);
         block.s = f16_round(d * sum as f32);
+        block.sum = sum;
     }
 }
 

@@ -136,12 +136,10 @@ fn q4_1_products_match_f32_on_the_dequantized_weights() {
             &bound,
             "portable",
         );
-        assert_within(
-            &product(&m, Kernel::detect(), &x, n),
-            &want,
-            &bound,
-            "detected",
-        );
+        for kernel in Kernel::available() {
+            let what = format!("{kernel:?}");
+            assert_within(&product(&m, kernel, &x, n), &want, &bound, &what);
+        }
     }
 }
 
@@ -157,7 +155,9 @@ fn simd_kernels_agree_with_the_portable_ones() {
             // Same integer sums, and the same f32 operations in the same
             // order: the same bits.
             let portable = product(m, Kernel::Portable, &x, n);
-            assert_eq!(product(m, Kernel::detect(), &x, n), portable, "{n} rows");
+            for kernel in Kernel::available() {
+                assert_eq!(product(m, kernel, &x, n), portable, "{kernel:?}, {n} rows");
+            }
         }
     }
 }
@@ -169,15 +169,18 @@ fn each_row_of_a_product_is_what_it_is_alone() {
     let mut rng = Rng(5);
     let (rows, cols) = (70, 256);
     let m = random_q4_1(&mut rng, rows, cols);
-    for n in TOKENS {
+    for (kernel, n) in Kernel::available()
+        .into_iter()
+        .flat_map(|k| TOKENS.map(|n| (k, n)))
+    {
         let x = rng.values(n * cols, 2.0);
-        let together = product(&m, Kernel::detect(), &x, n);
+        let together = product(&m, kernel, &x, n);
         for i in 0..n {
-            let alone = product(&m, Kernel::detect(), &x[i * cols..(i + 1) * cols], 1);
+            let alone = product(&m, kernel, &x[i * cols..(i + 1) * cols], 1);
             assert_eq!(
                 &together[i * rows..(i + 1) * rows],
                 &alone[..],
-                "row {i} of {n}"
+                "{kernel:?}, row {i} of {n}"
             );
         }
     }
@@ -232,8 +235,8 @@ fn simd_activation_quantization_is_the_portable_one() {
     quantize_with(Kernel::detect(), &x, &mut simd);
     for (i, (p, s)) in portable.iter().zip(&simd).enumerate() {
         assert_eq!(
-            (p.qs, p.d.to_bits(), p.s.to_bits()),
-            (s.qs, s.d.to_bits(), s.s.to_bits()),
+            (p.qs, p.d.to_bits(), p.s.to_bits(), p.sum),
+            (s.qs, s.d.to_bits(), s.s.to_bits(), s.sum),
             "block {i}"
         );
     }
@@ -339,4 +342,33 @@ fn a_row_that_is_not_whole_blocks_is_refused() {
     let mut reader = std::io::Cursor::new([0u8; 60]);
     let err = QMatrix::read(&mut reader, Format::Q4_1, 48, &[(0, 1)]).unwrap_err();
     assert!(err.to_string().contains("48"), "{err}");
+}
+
+#[test]
+fn q8_0_weights_at_the_ends_of_their_range_multiply_exactly() {
+    // -128 is a valid Q8_0 byte though llama.cpp never writes one; with
+    // activations at +-127 these are the largest sums any kernel meets,
+    // and the VNNI kernel's shift by 128 must come back off exactly.
+    let (rows, cols) = (9, 64);
+    let mut bytes = Vec::new();
+    for b in 0..rows * cols / QK {
+        bytes.extend(half::f16::from_f32(0.5).to_bits().to_le_bytes());
+        bytes.extend((0..QK).map(|i| if (i + b) % 3 == 0 { 127u8 } else { 0x80 }));
+    }
+    let m = QMatrix::read(
+        &mut std::io::Cursor::new(bytes),
+        Format::Q8_0,
+        cols,
+        &[(0, rows)],
+    )
+    .unwrap();
+    let x: Vec<f32> = (0..3 * cols)
+        .map(|i| if i % 5 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let portable = product(&m, Kernel::Portable, &x, 3);
+    let (w, want) = (dequantized(&m), reference(&dequantized(&m), &x, rows, cols));
+    assert_within(&portable, &want, &rounding_bound(&w, &x, cols), "portable");
+    for kernel in Kernel::available() {
+        assert_eq!(product(&m, kernel, &x, 3), portable, "{kernel:?}");
+    }
 }

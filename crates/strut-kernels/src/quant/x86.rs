@@ -32,14 +32,14 @@ fn hsum(v: __m256) -> f32 {
 /// Eight f16 scales, one per row of a group, as f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scales(bits: [u16; ROWS]) -> __m256 {
+pub(super) fn scales(bits: [u16; ROWS]) -> __m256 {
     _mm256_cvtph_ps(bytemuck::cast(bits))
 }
 
 /// Four activations starting at column `c` of a block, in every i32 lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn broadcast4(a: &BlockQ8, c: usize) -> __m256i {
+pub(super) fn broadcast4(a: &BlockQ8, c: usize) -> __m256i {
     let bytes: [i8; 4] = [a.qs[c], a.qs[c + 1], a.qs[c + 2], a.qs[c + 3]];
     _mm256_set1_epi32(i32::from_le_bytes(bytemuck::cast(bytes)))
 }
@@ -141,6 +141,7 @@ pub fn quantize_activations(x: &[f32], out: &mut [BlockQ8]) {
         block.qs = bytemuck::cast(_mm256_permutevar8x32_epi32(bytes, order));
         block.d = f16_round(d);
         block.s = f16_round(d * sum as f32);
+        block.sum = sum;
     }
 }
 
