@@ -3,7 +3,7 @@
 both up at once and measured in turns, in one run.
 
     python3 benches/batching.py [--concurrency 1 4 8 16] [--requests 16] [--slots 16]
-                                [--prompt-tokens 100] [--output-tokens 128]
+                                [--prompt-tokens 100] [--output-tokens 128] [--rounds 1]
     python3 benches/batching.py --prefix [--requests 32]   # the prefix-cache benchmark
     python3 benches/batching.py --base-binary OLD/strut    # and another build, in the same turns
     python3 benches/batching.py --steps 64 256 [--rounds 5]  # strut alone: c=1 and c=8 per step size
@@ -12,8 +12,11 @@ Both servers get streamed `/v1/completions` requests with `ignore_eos`, greedy,
 `max_tokens` 128 and prompts of about 100 tokens that differ from their first
 word, so neither server's prompt cache turns the run into a cache benchmark.
 Per concurrency: aggregate output tok/s (all tokens over the level's wall
-time), TTFT and TPOT p50/p99, errors. llama-server runs with as many slots as
-strut's batch (`--slots`) and 2 threads, its context split between them.
+time), TTFT and TPOT p50/p99, errors; with `--rounds N`, every level N times,
+the servers in turns each round, and each figure the median of its rounds
+(single rounds of 16 requests swing by 20% on the 2-core VMs). llama-server
+runs with as many slots as strut's batch (`--slots`) and 2 threads, its
+context split between them.
 
 `--prefix`: 32 requests at concurrency 4 sharing a ~500-token system prompt,
 each with its own question, against strut with the prefix cache on and off
@@ -172,25 +175,32 @@ def batching(args):
     llama = llama_server(args.slots, args.prompt_tokens + args.output_tokens + 128)
     servers.append(llama)
     # Every request of the run gets a prompt no server has seen.
-    total = 2 + sum(max(args.requests, c * 2) for c in args.concurrency)
+    total = 2 + args.rounds * sum(max(args.requests, c * 2) for c in args.concurrency)
     prompts = [prompt(i, args.prompt_tokens * 2 // 3) for i in range(total)]
-    results, failed, used = {}, False, 2
+    runs, failed, used = {}, False, 2
     try:
         for s in servers:  # warm-up: first-touch of weights and buffers
             level(s.port, s.model, 2, 2, prompts, 8)
-        for c in args.concurrency:
-            n = max(args.requests, c * 2)
-            batch, used = prompts[used:used + n], used + n
-            for s in servers:
-                r = level(s.port, s.model, c, n, batch, args.output_tokens)
-                results[(s.name, c)] = r
-                print(row(s.name, c, r), flush=True)
-                if r["errors"] or r["min_tokens"] != args.output_tokens:
-                    print(f"  {s.name}: {r['errors']} errors {r['first_error']}, min tokens {r['min_tokens']}")
-                    failed = True
+        for _ in range(args.rounds):
+            for c in args.concurrency:
+                n = max(args.requests, c * 2)
+                batch, used = prompts[used:used + n], used + n
+                for s in servers:
+                    r = level(s.port, s.model, c, n, batch, args.output_tokens)
+                    runs.setdefault((s.name, c), []).append(r)
+                    print(row(s.name, c, r), flush=True)
+                    if r["errors"] or r["min_tokens"] != args.output_tokens:
+                        print(f"  {s.name}: {r['errors']} errors {r['first_error']}, min tokens {r['min_tokens']}")
+                        failed = True
     finally:
         for s in servers:
             s.stop()
+    # Each figure is its median over the rounds (errors: their sum).
+    results = {key: {k: sum(r[k] for r in rs) if k == "errors" else statistics.median(r[k] for r in rs)
+                     for k in ("tok_s", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "errors")}
+               for key, rs in runs.items()}
+    if args.rounds > 1:
+        print(f"\nmedians of {args.rounds} rounds")
     print("\n| server | concurrency | output tok/s | TTFT p50 / p99 | TPOT p50 / p99 | errors |")
     print("|---|---|---|---|---|---|")
     for c in args.concurrency:
@@ -278,10 +288,13 @@ def main():
     p.add_argument("--prefix", action="store_true")
     p.add_argument("--base-binary", help="another strut binary, measured in the same turns (A/B)")
     p.add_argument("--steps", type=int, nargs="+", help="compare strut with these max_step_tokens")
-    p.add_argument("--rounds", type=int, default=5, help="rounds of --steps")
+    p.add_argument("--rounds", type=int,
+                   help="rounds, the servers in turns in each; medians reported (default 1, 5 with --steps)")
     args = p.parse_args()
     if args.prefix and args.requests == 16:
         args.requests = 32
+    if args.rounds is None:
+        args.rounds = 5 if args.steps else 1
     if args.steps:
         sys.exit(steps(args))
     sys.exit(prefix(args) if args.prefix else batching(args))
