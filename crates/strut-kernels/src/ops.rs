@@ -59,6 +59,14 @@ pub fn softmax(x: &mut [f32]) {
     dispatch!(softmax_impl(x))
 }
 
+/// `out = x / rms(x) * weight` for one row, the sum of squares in f64 as
+/// llama.cpp sums it, but in eight lanes: one f64 chain of dependent adds
+/// was 3% of a batched step's serial time.
+#[inline]
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    dispatch!(rms_norm_impl(x, weight, eps, out))
+}
+
 /// `out = silu(gate) * up`, element by element: Llama's feed-forward
 /// activation, where libm's scalar `expf` cost 3% of a batched step.
 #[inline]
@@ -112,6 +120,22 @@ kernels! {
             // tanh(u) = 1 - 2 / (exp(2u) + 1)
             let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
             *v = 0.5 * *v * (1.0 + t);
+        }
+    }
+
+    fn rms_norm_impl(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        let mut acc = [0f64; 8];
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += (v * v) as f64;
+            }
+        }
+        let tail: f64 = chunks.remainder().iter().map(|&v| (v * v) as f64).sum();
+        let sum = acc.iter().sum::<f64>() + tail;
+        let scale = 1.0 / ((sum / x.len() as f64 + eps as f64) as f32).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+            *o = v * scale * w;
         }
     }
 
@@ -252,6 +276,27 @@ mod tests {
             assert!((s[i] as f64 - v.exp() / z).abs() < 1e-6);
         }
         assert!(s[3] < 1e-30, "{}", s[3]);
+    }
+
+    #[test]
+    fn rms_norm_matches_its_definition() {
+        // 37 values: four full lanes of eight and a tail.
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.61).cos() * 2.0).collect();
+        let w: Vec<f32> = (0..37).map(|i| 0.5 + i as f32 / 50.0).collect();
+        let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 37.0;
+        let mut out = vec![0.0; 37];
+        rms_norm(&x, &w, 1e-6, &mut out);
+        for i in 0..37 {
+            let want = x[i] as f64 / (ms + 1e-6).sqrt() * w[i] as f64;
+            assert!(
+                (out[i] as f64 - want).abs() < 1e-6,
+                "{i}: {} vs {want}",
+                out[i]
+            );
+        }
+        let mut zeros = vec![1.0; 5];
+        rms_norm(&[0.0; 5], &[1.0; 5], 1e-6, &mut zeros);
+        assert_eq!(zeros, vec![0.0; 5]);
     }
 
     #[test]

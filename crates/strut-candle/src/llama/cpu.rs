@@ -369,16 +369,11 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Each row of `x` scaled to unit RMS, then by `weight` (sums in f64, as
-/// llama.cpp does).
+/// Each row of `x` scaled to unit RMS, then by `weight`.
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let dim = weight.len();
     for (x, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
-        let scale = 1.0 / ((sum / dim as f64 + eps as f64) as f32).sqrt();
-        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-            *o = v * scale * w;
-        }
+        strut_kernels::ops::rms_norm(x, weight, eps, out);
     }
 }
 

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0x8, QK, ROWS, f16_round};
+use super::blocks::{BlockQ4_1x8, BlockQ8, BlockQ8_0x8, QK, ROWS};
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -143,6 +143,16 @@ pub fn quantize_activations(x: &[f32], out: &mut [BlockQ8]) {
         block.s = f16_round(d * sum as f32);
         block.sum = sum;
     }
+}
+
+/// `blocks::f16_round` with F16C inline: `half`'s own conversion checks the
+/// CPU on every call and was as costly as the rest of the quantizer.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_round(x: f32) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(
+        _mm_set_ss(x),
+    )))
 }
 
 #[inline(always)]
