@@ -19,11 +19,15 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// As `x86::dot_q4_1x8`. The nibbles are unsigned already; each activation
-/// row keeps two partial sums (low and high nibbles) so that the chain of
-/// dependent `dpbusd`s in a block is four long, not eight.
+/// As `x86::dot_q4_1x8`. The nibbles are unsigned already. With fewer than
+/// eight activation rows, each keeps two partial sums (low and high
+/// nibbles), so that the chain of dependent `dpbusd`s in a block is four
+/// long, not eight; with eight, eight chains keep the units busy and the
+/// add that joins the halves is saved (5% on a block of eight rows, Zen 4).
+/// The sums are integers: the same either way.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 pub fn dot_q4_1x8<const N: usize>(w: &[BlockQ4_1x8], a: [&[BlockQ8]; N]) -> [[f32; ROWS]; N] {
+    let split = N < 8;
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
     for (b, block) in w.iter().enumerate() {
@@ -36,13 +40,22 @@ pub fn dot_q4_1x8<const N: usize>(w: &[BlockQ4_1x8], a: [&[BlockQ8]; N]) -> [[f3
             for i in 0..N {
                 let act = &a[i][b];
                 sum_lo[i] = _mm256_dpbusd_epi32(sum_lo[i], lo, broadcast4(act, 4 * p));
-                sum_hi[i] = _mm256_dpbusd_epi32(sum_hi[i], hi, broadcast4(act, 16 + 4 * p));
+                let high = if split {
+                    &mut sum_hi[i]
+                } else {
+                    &mut sum_lo[i]
+                };
+                *high = _mm256_dpbusd_epi32(*high, hi, broadcast4(act, 16 + 4 * p));
             }
         }
         let (d, m) = (scales(block.d), scales(block.m));
         for i in 0..N {
             let act = &a[i][b];
-            let sumi = _mm256_cvtepi32_ps(_mm256_add_epi32(sum_lo[i], sum_hi[i]));
+            let sum = match split {
+                true => _mm256_add_epi32(sum_lo[i], sum_hi[i]),
+                false => sum_lo[i],
+            };
+            let sumi = _mm256_cvtepi32_ps(sum);
             let scale = _mm256_mul_ps(d, _mm256_set1_ps(act.d));
             acc[i] = _mm256_fmadd_ps(sumi, scale, acc[i]);
             acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(act.s), acc[i]);
