@@ -4,7 +4,7 @@
 //! - [`Dense`]: f32 linear layers with weights packed once, multiplied by a
 //!   register-tile kernel (AVX-512 where the CPU has it);
 //! - [`ops`]: the element-wise parts of a BERT layer (layer norm, GELU,
-//!   softmax) and Llama's SwiGLU, built twice, baseline and AVX-512;
+//!   softmax) and Llama's SwiGLU, built baseline, AVX2 and AVX-512;
 //! - [`QMatrix`]: GGUF Q4_1 / Q8_0 matrices kept in their blocks, in groups
 //!   of eight interleaved rows, multiplied in the llama.cpp manner (AVX2, or
 //!   AVX-512 VNNI's `dpbusd` where the CPU has it),
