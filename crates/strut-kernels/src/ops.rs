@@ -18,7 +18,7 @@ macro_rules! dispatch {
             // feature the `avx512` builds enable (`Kernel::detect`).
             Kernel::Avx512 => unsafe { avx512::$f($($arg),*) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: chosen only where AVX2 and FMA were detected.
+            // SAFETY: chosen only where AVX2 and FMA (and F16C) were detected.
             Kernel::Portable if avx2() => unsafe { avx2::$f($($arg),*) },
             Kernel::Portable => $f($($arg),*),
         }
@@ -51,15 +51,13 @@ macro_rules! kernels {
     };
 }
 
-/// Whether the AVX2 builds can run: on hosts without AVX-512 (a Zen 3)
-/// they took 2 to 3% off a step of eight sequences, where the baseline
-/// build's SSE2 ran the main thread's SwiGLU and norms.
+/// Whether the AVX2 builds can run, as the quantized kernels detected it
+/// (AVX2, FMA, F16C): on hosts without AVX-512 (a Zen 3) they took 2 to 3%
+/// off a step of eight sequences, where the baseline build's SSE2 ran the
+/// main thread's SwiGLU and norms.
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    })
+    crate::quant::Kernel::detect() != crate::quant::Kernel::Portable
 }
 
 /// `x = LayerNorm(x + residual)` for one row (pass an empty `residual` for
