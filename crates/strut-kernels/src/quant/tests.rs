@@ -1,5 +1,7 @@
+use super::attention::{scores_f16_with, scores_with, weighted_sum_f16_with, weighted_sum_with};
 use super::*;
 use crate::TestPool;
+use half::f16;
 
 /// Deterministic pseudo-random numbers (splitmix64), so a failure reproduces.
 struct Rng(u64);
