@@ -27,7 +27,7 @@ pub(crate) fn scores_with(
     match kernel {
         // SAFETY: both are chosen only when AVX2, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Vnni if q.len().is_multiple_of(8) => unsafe {
+        Kernel::Avx2 | Kernel::Vnni | Kernel::Vnni512 if q.len().is_multiple_of(8) => unsafe {
             x86::scores(q, keys, stride, scale, out)
         },
         _ => blocks::scores(q, keys, stride, scale, out),
@@ -52,7 +52,7 @@ pub(crate) fn weighted_sum_with(
     match kernel {
         // SAFETY: both are chosen only when AVX2, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Vnni if out.len().is_multiple_of(8) => unsafe {
+        Kernel::Avx2 | Kernel::Vnni | Kernel::Vnni512 if out.len().is_multiple_of(8) => unsafe {
             x86::weighted_sum(w, values, stride, out)
         },
         _ => blocks::weighted_sum(w, values, stride, out),
@@ -86,9 +86,9 @@ pub(crate) fn scores_f16_with(
     match kernel {
         // SAFETY: both are chosen only when AVX2, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Vnni if hd.is_multiple_of(8) && !keys.is_empty() => unsafe {
-            x86::scores_f16(q, keys, hd, scale, out)
-        },
+        Kernel::Avx2 | Kernel::Vnni | Kernel::Vnni512
+            if hd.is_multiple_of(8) && !keys.is_empty() =>
+        unsafe { x86::scores_f16(q, keys, hd, scale, out) },
         _ => blocks::scores_f16(q, keys, hd, scale, out),
     }
 }
@@ -117,9 +117,9 @@ pub(crate) fn weighted_sum_f16_with(
     match kernel {
         // SAFETY: both are chosen only when AVX2, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Vnni if hd.is_multiple_of(8) && !values.is_empty() => unsafe {
-            x86::weighted_sum_f16(w, values, hd, out)
-        },
+        Kernel::Avx2 | Kernel::Vnni | Kernel::Vnni512
+            if hd.is_multiple_of(8) && !values.is_empty() =>
+        unsafe { x86::weighted_sum_f16(w, values, hd, out) },
         _ => blocks::weighted_sum_f16(w, values, hd, out),
     }
 }

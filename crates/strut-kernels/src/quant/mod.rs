@@ -59,6 +59,10 @@ pub(crate) enum Kernel {
     /// AVX2 everywhere but the quantized products, which use AVX-512 VNNI.
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// As `Vnni`, with the quantized products at 512 bits: two groups a
+    /// register.
+    #[cfg(target_arch = "x86_64")]
+    Vnni512,
 }
 
 impl Kernel {
@@ -79,6 +83,9 @@ impl Kernel {
             }
             if vnni::available() {
                 kernels.push(Kernel::Vnni);
+            }
+            if vnni::available_512() {
+                kernels.push(Kernel::Vnni512);
             }
         }
         kernels
@@ -122,9 +129,10 @@ impl Activations {
 /// eight sequences ran 5 to 7% faster than with tiles of four on a Zen 3,
 /// both formats eight (3 to 5% with Q4_1 alone).
 /// With VNNI, eight rows keep one chain of sums each, 5% faster than four
-/// with two.
+/// with two; at 512 bits, two chains each (32 registers hold them).
 const TILE: usize = 8;
-/// The VNNI Q8_0 kernel's: its even/odd chains gained nothing from eight.
+/// The 256-bit VNNI Q8_0 kernel's: its even/odd chains gained nothing from
+/// eight.
 const VNNI_Q8_TILE: usize = 4;
 /// Activation rows a work item runs through its groups before the next
 /// ones: a prompt's rows beyond this would push its weights out of L1.
@@ -255,7 +263,12 @@ impl QMatrix {
         // tile it falls in, so a row's products never depend on how many
         // rows came with it.
         let groups = self.rows.div_ceil(ROWS);
+        // Groups a kernel call takes: the 512-bit kernel two, so items
+        // hold whole pairs.
+        let pair = matches!(kernel, Kernel::Vnni512);
+        let step = if pair { 2 } else { 1 };
         let chunk = groups.div_ceil(pool.threads() * ITEMS_PER_THREAD).max(2);
+        let chunk = chunk.next_multiple_of(step);
         let tile = match (&self.blocks, kernel) {
             (Blocks::Q8_0(_), Kernel::Vnni) => VNNI_Q8_TILE,
             _ => TILE,
@@ -269,19 +282,26 @@ impl QMatrix {
                 let mine = c * chunk..((c + 1) * chunk).min(groups);
                 for panel in (0..x.rows).step_by(PANEL) {
                     let end = (panel + PANEL).min(x.rows);
-                    for g in mine.clone() {
+                    for g in mine.clone().step_by(step) {
+                        // A lone last group goes through the 256-bit kernel:
+                        // the same bits.
+                        let (kernel, two) = match g + 1 < mine.end && pair {
+                            true => (kernel, true),
+                            false if pair => (Kernel::Vnni, false),
+                            false => (kernel, false),
+                        };
                         let mut i = panel;
                         while i < end {
                             let n = (end - i).min(tile);
                             match n {
-                                8 => self.put::<8>(kernel, g, x, i, shared),
-                                7 => self.put::<7>(kernel, g, x, i, shared),
-                                6 => self.put::<6>(kernel, g, x, i, shared),
-                                5 => self.put::<5>(kernel, g, x, i, shared),
-                                4 => self.put::<4>(kernel, g, x, i, shared),
-                                3 => self.put::<3>(kernel, g, x, i, shared),
-                                2 => self.put::<2>(kernel, g, x, i, shared),
-                                _ => self.put::<1>(kernel, g, x, i, shared),
+                                8 => self.put::<8>(kernel, two, g, x, i, shared),
+                                7 => self.put::<7>(kernel, two, g, x, i, shared),
+                                6 => self.put::<6>(kernel, two, g, x, i, shared),
+                                5 => self.put::<5>(kernel, two, g, x, i, shared),
+                                4 => self.put::<4>(kernel, two, g, x, i, shared),
+                                3 => self.put::<3>(kernel, two, g, x, i, shared),
+                                2 => self.put::<2>(kernel, two, g, x, i, shared),
+                                _ => self.put::<1>(kernel, two, g, x, i, shared),
                             }
                             i += n;
                         }
@@ -291,33 +311,72 @@ impl QMatrix {
         });
     }
 
-    /// Group `g` against activation rows `first..first + N`, written to the
-    /// group's columns of those rows of `out`.
+    /// Group `g` (and `g + 1` where `two`) against activation rows
+    /// `first..first + N`, written to the groups' columns of those rows of
+    /// `out`.
     fn put<const N: usize>(
         &self,
         kernel: Kernel,
+        two: bool,
         g: usize,
         x: &Activations,
         first: usize,
         out: SharedOut,
     ) {
         let acts: [&[BlockQ8]; N] = std::array::from_fn(|i| x.row(first + i));
-        let width = (self.rows - g * ROWS).min(ROWS);
-        for (i, lanes) in self.dot::<N>(kernel, g, acts).iter().enumerate() {
-            let at = (first + i) * self.rows + g * ROWS;
-            assert!(at + width <= out.1, "a group's outputs lie inside `out`");
-            // SAFETY: inside `out` (just checked), which `matmul_with` holds
-            // as `&mut` until every item has returned; group `g` belongs to
-            // one item (`mine`) and meets each row once, so no other write
-            // touches these columns of this row.
-            unsafe {
-                let dst = out.0.add(at);
-                match width {
-                    // A whole group as one fixed-size store, not a `memcpy`.
-                    ROWS => dst.cast::<[f32; ROWS]>().write_unaligned(*lanes),
-                    _ => std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, width),
-                }
+        if two {
+            for (i, lanes) in self.dot_pair::<N>(kernel, g, acts).iter().enumerate() {
+                let (a, b) = lanes.split_at(ROWS);
+                self.store(out, first + i, g, a.try_into().expect("eight lanes"));
+                self.store(out, first + i, g + 1, b.try_into().expect("eight lanes"));
             }
+        } else {
+            for (i, lanes) in self.dot::<N>(kernel, g, acts).iter().enumerate() {
+                self.store(out, first + i, g, lanes);
+            }
+        }
+    }
+
+    /// Group `g`'s lanes of activation row `row`, to their place in `out`.
+    #[inline]
+    fn store(&self, out: SharedOut, row: usize, g: usize, lanes: &[f32; ROWS]) {
+        let width = (self.rows - g * ROWS).min(ROWS);
+        let at = row * self.rows + g * ROWS;
+        assert!(at + width <= out.1, "a group's outputs lie inside `out`");
+        // SAFETY: inside `out` (just checked), which `matmul_with` holds as
+        // `&mut` until every item has returned; group `g` belongs to one
+        // item (`mine`) and meets each row once, so no other write touches
+        // these columns of this row.
+        unsafe {
+            let dst = out.0.add(at);
+            match width {
+                // A whole group as one fixed-size store, not a `memcpy`.
+                ROWS => dst.cast::<[f32; ROWS]>().write_unaligned(*lanes),
+                _ => std::ptr::copy_nonoverlapping(lanes.as_ptr(), dst, width),
+            }
+        }
+    }
+
+    /// Groups `g` and `g + 1` at once.
+    fn dot_pair<const N: usize>(
+        &self,
+        kernel: Kernel,
+        g: usize,
+        acts: [&[BlockQ8]; N],
+    ) -> [[f32; 2 * ROWS]; N] {
+        match (&self.blocks, kernel) {
+            // SAFETY: `Kernel::Vnni512` is only chosen when the CPU has what
+            // `Kernel::Vnni` needs and AVX-512BW (`vnni::available_512`).
+            #[cfg(target_arch = "x86_64")]
+            (Blocks::Q4_1(b), Kernel::Vnni512) => unsafe {
+                vnni::dot_q4_1x16::<N>([&b[self.group(g)], &b[self.group(g + 1)]], acts)
+            },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            (Blocks::Q8_0(b), Kernel::Vnni512) => unsafe {
+                vnni::dot_q8_0x16::<N>([&b[self.group(g)], &b[self.group(g + 1)]], acts)
+            },
+            _ => unreachable!("pairs of groups only go to the 512-bit kernels"),
         }
     }
 
@@ -345,10 +404,14 @@ impl QMatrix {
             // SAFETY: `Kernel::Vnni` is only chosen when the CPU has AVX2, FMA,
             // F16C, AVX-512F, VL and VNNI (`vnni::available`).
             #[cfg(target_arch = "x86_64")]
-            (Blocks::Q4_1(b), Kernel::Vnni) => unsafe { vnni::dot_q4_1x8::<N>(&b[span], acts) },
+            (Blocks::Q4_1(b), Kernel::Vnni | Kernel::Vnni512) => unsafe {
+                vnni::dot_q4_1x8::<N>(&b[span], acts)
+            },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            (Blocks::Q8_0(b), Kernel::Vnni) => unsafe { vnni::dot_q8_0x8::<N>(&b[span], acts) },
+            (Blocks::Q8_0(b), Kernel::Vnni | Kernel::Vnni512) => unsafe {
+                vnni::dot_q8_0x8::<N>(&b[span], acts)
+            },
         }
     }
 }
@@ -369,7 +432,9 @@ fn quantize_with(kernel: Kernel, x: &[f32], out: &mut [BlockQ8]) {
     match kernel {
         // SAFETY: both are chosen only when AVX2, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 | Kernel::Vnni => unsafe { x86::quantize_activations(x, out) },
+        Kernel::Avx2 | Kernel::Vnni | Kernel::Vnni512 => unsafe {
+            x86::quantize_activations(x, out)
+        },
         _ => blocks::quantize_activations(x, out),
     }
 }
