@@ -249,10 +249,12 @@ fn simd_activation_quantization_is_the_portable_one() {
 #[test]
 fn f16_attention_kernels_agree_with_f32_on_the_rounded_values() {
     let mut rng = Rng(17);
-    // Whole octets of keys, a remainder, fewer than eight; groups of one
-    // and three queries; head sizes that are and are not multiples of 8.
+    // Whole octets of keys, a remainder, fewer than eight; groups of one,
+    // two, three and five queries (the SIMD kernels take them three at a
+    // time); head sizes that are and are not multiples of 8.
     for (hd, n, group) in [
         (64, 16, 3),
+        (64, 21, 5),
         (64, 7, 1),
         (64, 29, 3),
         (128, 3, 2),

@@ -218,35 +218,60 @@ fn load8h(x: &[f16]) -> __m256 {
     _mm256_cvtph_ps(bytemuck::cast(bits))
 }
 
-/// `scores_f16`: eight keys at a time, each summed in its own register
-/// and the eight sums reduced together by a transposing tree of `hadd`s
-/// (seven shuffles for eight scores, where a horizontal sum per key costs
-/// five); the eight keys stay in L1 for every query of the group.
+/// Queries of a group that share each converted key or value: three, so
+/// that their sums of four keys (twelve registers) fit in AVX2's sixteen.
+const SHARED: usize = 3;
+
+/// `scores_f16`: four keys at a time against up to three queries of the
+/// group, each eight columns of a key converted from f16 once for all of
+/// them (converting them once per query was most of the work). Each
+/// (query, key) sum runs in its own register and the four of a query are
+/// reduced by a transposing tree of `hadd`s, so a score is
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` of its lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
     let n = keys.len() / hd;
-    let scale_v = _mm256_set1_ps(scale);
+    for (qs, out) in q.chunks(SHARED * hd).zip(out.chunks_mut(SHARED * n)) {
+        match qs.len() / hd {
+            3 => scores_f16_shared::<3>(qs, keys, hd, scale, out),
+            2 => scores_f16_shared::<2>(qs, keys, hd, scale, out),
+            _ => scores_f16_shared::<1>(qs, keys, hd, scale, out),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scores_f16_shared<const G: usize>(
+    q: &[f32],
+    keys: &[f16],
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let n = keys.len() / hd;
+    // Keys past the last whole eight get a horizontal sum each, as before
+    // the quads: the same bits as that kernel for every key.
     let full = n - n % 8;
-    for j0 in (0..full).step_by(8) {
-        let octet = &keys[j0 * hd..(j0 + 8) * hd];
-        for (g, qg) in q.chunks_exact(hd).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (a, key) in acc.iter_mut().zip(octet.chunks_exact(hd)) {
-                for (qc, kc) in qg.chunks_exact(8).zip(key.chunks_exact(8)) {
-                    *a = _mm256_fmadd_ps(load8(qc), load8h(kc), *a);
+    let scale_v = _mm_set1_ps(scale);
+    for j0 in (0..full).step_by(4) {
+        let quad = &keys[j0 * hd..(j0 + 4) * hd];
+        let mut acc = [[_mm256_setzero_ps(); 4]; G];
+        for c in (0..hd).step_by(8) {
+            for k in 0..4 {
+                let kc = load8h(&quad[k * hd + c..]);
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    acc[k] = _mm256_fmadd_ps(load8(&q[g * hd + c..]), kc, acc[k]);
                 }
             }
+        }
+        for (g, acc) in acc.iter().enumerate() {
             let t0 = _mm256_hadd_ps(acc[0], acc[1]);
             let t1 = _mm256_hadd_ps(acc[2], acc[3]);
-            let t2 = _mm256_hadd_ps(acc[4], acc[5]);
-            let t3 = _mm256_hadd_ps(acc[6], acc[7]);
-            let (u0, u1) = (_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));
-            let sums = _mm256_add_ps(
-                _mm256_permute2f128_ps(u0, u1, 0x20),
-                _mm256_permute2f128_ps(u0, u1, 0x31),
-            );
-            let v: [f32; 8] = bytemuck::cast(_mm256_mul_ps(sums, scale_v));
-            out[g * n + j0..][..8].copy_from_slice(&v);
+            let u = _mm256_hadd_ps(t0, t1);
+            let sums = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+            let v: [f32; 4] = bytemuck::cast(_mm_mul_ps(sums, scale_v));
+            out[g * n + j0..][..4].copy_from_slice(&v);
         }
     }
     for (j, key) in keys.chunks_exact(hd).enumerate().skip(full) {
@@ -260,23 +285,42 @@ pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32
     }
 }
 
-/// `weighted_sum_f16`, 32 columns of a query at a time in registers.
+/// `weighted_sum_f16`: sixteen columns at a time for up to three queries,
+/// each value's columns converted once for all of them; every column sums
+/// its values in order, in a register.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn weighted_sum_f16(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
     let n = values.len() / hd;
-    for (wg, og) in w.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
-        for (block, o) in og.chunks_mut(32).enumerate() {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let lanes = o.len() / 8;
-            for (&wj, value) in wg.iter().zip(values.chunks_exact(hd)) {
-                let wv = _mm256_set1_ps(wj);
-                let cols = &value[block * 32..];
-                for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                    *a = _mm256_fmadd_ps(wv, load8h(&cols[8 * l..]), *a);
+    for (ws, outs) in w.chunks(SHARED * n).zip(out.chunks_mut(SHARED * hd)) {
+        match outs.len() / hd {
+            3 => weighted_sum_f16_shared::<3>(ws, values, hd, outs),
+            2 => weighted_sum_f16_shared::<2>(ws, values, hd, outs),
+            _ => weighted_sum_f16_shared::<1>(ws, values, hd, outs),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_sum_f16_shared<const G: usize>(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+    let n = values.len() / hd;
+    for c0 in (0..hd).step_by(16) {
+        let lanes = ((hd - c0) / 8).min(2);
+        let mut acc = [[_mm256_setzero_ps(); 2]; G];
+        for (j, value) in values.chunks_exact(hd).enumerate() {
+            let cols = &value[c0..];
+            let vc = [load8h(cols), load8h(&cols[8 * (lanes - 1)..])];
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm256_set1_ps(w[g * n + j]);
+                for (a, &v) in acc.iter_mut().zip(&vc).take(lanes) {
+                    *a = _mm256_fmadd_ps(wv, v, *a);
                 }
             }
-            for (l, chunk) in o.chunks_exact_mut(8).enumerate() {
-                chunk.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(acc[l]));
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            for (l, a) in acc.iter().enumerate().take(lanes) {
+                let lane: [f32; 8] = bytemuck::cast(*a);
+                out[g * hd + c0 + 8 * l..][..8].copy_from_slice(&lane);
             }
         }
     }
