@@ -72,6 +72,24 @@ impl Kernel {
         *KERNEL.get_or_init(|| *Self::available().last().unwrap_or(&Kernel::Portable))
     }
 
+    /// Whether its products take groups two at a time.
+    fn takes_pairs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Kernel::Vnni512;
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// The kernel for a group without a partner: the 256-bit one of the
+    /// same bits for the 512-bit one, itself for the others.
+    fn for_one_group(self) -> Self {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni512 => Kernel::Vnni,
+            other => other,
+        }
+    }
+
     /// Every kernel this CPU can run, slowest first.
     pub(crate) fn available() -> Vec<Self> {
         #[allow(unused_mut)]
@@ -265,11 +283,12 @@ impl QMatrix {
         let groups = self.rows.div_ceil(ROWS);
         // Groups a kernel call takes: the 512-bit kernel two, so items
         // hold whole pairs.
-        let pair = matches!(kernel, Kernel::Vnni512);
+        let pair = kernel.takes_pairs();
         let step = if pair { 2 } else { 1 };
         let chunk = groups.div_ceil(pool.threads() * ITEMS_PER_THREAD).max(2);
         let chunk = chunk.next_multiple_of(step);
         let tile = match (&self.blocks, kernel) {
+            #[cfg(target_arch = "x86_64")]
             (Blocks::Q8_0(_), Kernel::Vnni) => VNNI_Q8_TILE,
             _ => TILE,
         };
@@ -287,8 +306,7 @@ impl QMatrix {
                         // the same bits.
                         let (kernel, two) = match g + 1 < mine.end && pair {
                             true => (kernel, true),
-                            false if pair => (Kernel::Vnni, false),
-                            false => (kernel, false),
+                            false => (kernel.for_one_group(), false),
                         };
                         let mut i = panel;
                         while i < end {
