@@ -8,8 +8,8 @@
 //! kernels (`Kernel::Vnni512`, the choice wherever AVX-512BW is there too)
 //! put two groups in a zmm: on the 2-core Xeon VM `dpbusd` retires about as
 //! many zmm as ymm a cycle, so a zmm does twice the work (Q4_1 at eight
-//! activation rows: 138 against 48 GMAC/s a core, where the AVX2 kernel
-//! does 65). Zen 4 runs a zmm as two halves, so there it should do the
+//! activation rows: 118 to 138 against 48 GMAC/s a core, where the AVX2
+//! kernel does 65). Zen 4 runs a zmm as two halves, so there it should do the
 //! same multiply-adds a cycle with half the instructions for the loads,
 //! unpacking and scales (not measured: no Zen 4 since these kernels).
 
