@@ -34,7 +34,7 @@ pub fn attention(hp: &Hparams, qkv: &[f32], spans: &[Span<'_>], out: &mut [f32])
             let (k, v) = &span.heads[kv_head];
             let n = pos + 1;
             weights.resize(group * n, 0.0);
-            scores_f16(q, &k[..n * hd], hd, scale, &mut weights);
+            scores_f16(q, &k[..n * hd], &v[..n * hd], hd, scale, &mut weights);
             for w in weights.chunks_exact_mut(n) {
                 softmax(w);
             }

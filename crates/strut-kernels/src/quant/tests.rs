@@ -272,9 +272,14 @@ fn f16_attention_kernels_agree_with_f32_on_the_rounded_values() {
         for (qg, out) in q.chunks(hd).zip(want.chunks_mut(n)) {
             blocks::scores(qg, &wide, hd, 0.125, out);
         }
-        for kernel in [Kernel::Portable, Kernel::detect()] {
+        // Values to prefetch, of any length, change nothing.
+        let values = [&[][..], &keys[..hd], &keys[..]];
+        for (kernel, values) in [Kernel::Portable, Kernel::detect()]
+            .into_iter()
+            .flat_map(|k| values.map(|v| (k, v)))
+        {
             let mut got = vec![f32::NAN; group * n];
-            scores_f16_with(kernel, &q, &keys, hd, 0.125, &mut got);
+            scores_f16_with(kernel, &q, &keys, values, hd, 0.125, &mut got);
             assert_close(&got, &want, 1e-5, "f16 scores");
         }
         let w = rng.values(group * n, 1.0);

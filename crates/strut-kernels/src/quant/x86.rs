@@ -228,15 +228,31 @@ const SHARED: usize = 3;
 /// (query, key) sum runs in its own register and the four of a query are
 /// reduced by a transposing tree of `hadd`s, so a score is
 /// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` of its lanes.
+/// The first pass over the keys prefetches `values` alongside.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
+pub fn scores_f16(q: &[f32], keys: &[f16], values: &[f16], hd: usize, scale: f32, out: &mut [f32]) {
     let n = keys.len() / hd;
+    let mut values = values;
     for (qs, out) in q.chunks(SHARED * hd).zip(out.chunks_mut(SHARED * n)) {
         match qs.len() / hd {
-            3 => scores_f16_shared::<3>(qs, keys, hd, scale, out),
-            2 => scores_f16_shared::<2>(qs, keys, hd, scale, out),
-            _ => scores_f16_shared::<1>(qs, keys, hd, scale, out),
+            3 => scores_f16_shared::<3>(qs, keys, values, hd, scale, out),
+            2 => scores_f16_shared::<2>(qs, keys, values, hd, scale, out),
+            _ => scores_f16_shared::<1>(qs, keys, values, hd, scale, out),
         }
+        values = &[];
+    }
+}
+
+/// Brings the cache lines of `x[range]` (clamped to `x`) towards L1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(x: &[f16], range: std::ops::Range<usize>) {
+    let part = &x[range.start.min(x.len())..range.end.min(x.len())];
+    let bytes = part.as_ptr().cast::<i8>();
+    for offset in (0..size_of_val(part)).step_by(64) {
+        // A prefetch only hints: it reads nothing and cannot fault, and
+        // the address lies inside `x`.
+        _mm_prefetch::<_MM_HINT_T0>(bytes.wrapping_add(offset));
     }
 }
 
@@ -245,6 +261,7 @@ pub fn scores_f16(q: &[f32], keys: &[f16], hd: usize, scale: f32, out: &mut [f32
 fn scores_f16_shared<const G: usize>(
     q: &[f32],
     keys: &[f16],
+    values: &[f16],
     hd: usize,
     scale: f32,
     out: &mut [f32],
@@ -256,6 +273,7 @@ fn scores_f16_shared<const G: usize>(
     let scale_v = _mm_set1_ps(scale);
     for j0 in (0..full).step_by(4) {
         let quad = &keys[j0 * hd..(j0 + 4) * hd];
+        prefetch(values, j0 * hd..(j0 + 4) * hd);
         let mut acc = [[_mm256_setzero_ps(); 4]; G];
         for c in (0..hd).step_by(8) {
             for k in 0..4 {
@@ -274,6 +292,7 @@ fn scores_f16_shared<const G: usize>(
             out[g * n + j0..][..4].copy_from_slice(&v);
         }
     }
+    prefetch(values, full * hd..n * hd);
     for (j, key) in keys.chunks_exact(hd).enumerate().skip(full) {
         for (g, qg) in q.chunks_exact(hd).enumerate() {
             let mut acc = _mm256_setzero_ps();
