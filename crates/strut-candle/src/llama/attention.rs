@@ -36,24 +36,10 @@ pub fn attention(hp: &Hparams, qkv: &[f32], spans: &[Span<'_>], out: &mut [f32])
             weights.resize(group * n, 0.0);
             scores_f16(q, &k[..n * hd], &v[..n * hd], hd, scale, &mut weights);
             for w in weights.chunks_exact_mut(n) {
-                softmax(w);
+                strut_kernels::ops::softmax_f64(w);
             }
             let mut o = groups[item].lock().unwrap_or_else(|e| e.into_inner());
             weighted_sum_f16(&weights, &v[..n * hd], hd, &mut o);
         }
     });
-}
-
-/// In place, the sum in f64 as llama.cpp has it.
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
 }
