@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
 use strut_model::capabilities::{
     FinishReason, GenerateRequest, GenerationEvent, PromptLogprobs, TokenLogprob, Usage,
 };
@@ -161,12 +160,9 @@ impl<'t> Sequence<'t> {
                 return Ok(Some(FinishReason::Stop));
             }
         }
-        let n = logits.len();
-        let logits =
-            Tensor::from_vec(logits, n, &Device::Cpu).map_err(crate::internal("logits"))?;
         let next = self
             .sampler
-            .next(&logits, &self.tokens)
+            .next(logits, &self.tokens)
             .map_err(crate::internal("sampling"))?;
         self.generated += 1;
         self.first_token
