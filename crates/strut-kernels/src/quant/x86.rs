@@ -306,27 +306,38 @@ fn scores_f16_shared<const G: usize>(
 
 /// `weighted_sum_f16`: sixteen columns at a time for up to three queries,
 /// each value's columns converted once for all of them; every column sums
-/// its values in order, in a register.
+/// its values in order, in a register. The first pass prefetches `next`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn weighted_sum_f16(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+pub fn weighted_sum_f16(w: &[f32], values: &[f16], next: &[f16], hd: usize, out: &mut [f32]) {
     let n = values.len() / hd;
+    let mut next = next;
     for (ws, outs) in w.chunks(SHARED * n).zip(out.chunks_mut(SHARED * hd)) {
         match outs.len() / hd {
-            3 => weighted_sum_f16_shared::<3>(ws, values, hd, outs),
-            2 => weighted_sum_f16_shared::<2>(ws, values, hd, outs),
-            _ => weighted_sum_f16_shared::<1>(ws, values, hd, outs),
+            3 => weighted_sum_f16_shared::<3>(ws, values, next, hd, outs),
+            2 => weighted_sum_f16_shared::<2>(ws, values, next, hd, outs),
+            _ => weighted_sum_f16_shared::<1>(ws, values, next, hd, outs),
         }
+        next = &[];
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_sum_f16_shared<const G: usize>(w: &[f32], values: &[f16], hd: usize, out: &mut [f32]) {
+fn weighted_sum_f16_shared<const G: usize>(
+    w: &[f32],
+    values: &[f16],
+    next: &[f16],
+    hd: usize,
+    out: &mut [f32],
+) {
     let n = values.len() / hd;
     for c0 in (0..hd).step_by(16) {
         let lanes = ((hd - c0) / 8).min(2);
         let mut acc = [[_mm256_setzero_ps(); 2]; G];
         for (j, value) in values.chunks_exact(hd).enumerate() {
+            if c0 == 0 {
+                prefetch(next, j * hd..(j + 1) * hd);
+            }
             let cols = &value[c0..];
             let vc = [load8h(cols), load8h(&cols[8 * (lanes - 1)..])];
             for (g, acc) in acc.iter_mut().enumerate() {
